@@ -1,0 +1,137 @@
+"""Finding model files by name and holding each loaded model in memory once.
+
+Folders follow ComfyUI's layout (`models/checkpoints`, `models/loras`, ...), searched
+in order: every `--models-dir`, then the folders an extra-paths file lists
+(YAML or JSON: `{kind: [folder, ...]}`, relative entries taken from the file's folder).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import LoomError
+from .paths import UnsafePath, contained
+
+MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+
+
+class ModelNotFound(LoomError):
+    pass
+
+
+class ModelPaths:
+    def __init__(self, models_dirs: Iterable[Path], extra_paths_file: Path | None = None):
+        self.models_dirs = [Path(d) for d in models_dirs]
+        self.extra: dict[str, list[Path]] = {}
+        if extra_paths_file is not None:
+            self.extra = _read_extra_paths(Path(extra_paths_file))
+
+    def folders(self, kind: str) -> list[Path]:
+        return [d / kind for d in self.models_dirs] + self.extra.get(kind, [])
+
+    def resolve(self, kind: str, name: str) -> Path:
+        """The file or diffusers folder called `name` (suffix optional) under a `kind` folder."""
+        searched = []
+        for folder in self.folders(kind):
+            searched.append(str(folder))
+            if not folder.is_dir():
+                continue
+            for candidate in [name, *(name + s for s in MODEL_SUFFIXES)]:
+                try:
+                    path = contained(folder, candidate)
+                except UnsafePath as exc:
+                    raise ModelNotFound(f"model name {name!r} refused: {exc}") from None
+                if path.exists():
+                    return path
+        available = ", ".join(self.list(kind)) or "none"
+        raise ModelNotFound(f"no {kind} model named {name!r} (searched {', '.join(searched)}; "
+                            f"available: {available})")
+
+    def list(self, kind: str) -> list[str]:
+        names: set[str] = set()
+        for folder in self.folders(kind):
+            if folder.is_dir():
+                for entry in folder.iterdir():
+                    if entry.is_dir() or entry.suffix in MODEL_SUFFIXES:
+                        names.add(entry.name)
+        return sorted(names)
+
+    def kinds(self) -> list[str]:
+        found = set(self.extra)
+        for d in self.models_dirs:
+            if d.is_dir():
+                found.update(p.name for p in d.iterdir() if p.is_dir())
+        return sorted(found)
+
+
+def _read_extra_paths(path: Path) -> dict[str, list[Path]]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise LoomError(f"{path}: cannot read extra model paths: {exc}") from None
+    if not isinstance(data, dict):
+        raise LoomError(f"{path}: expected a mapping of model kind to folders")
+    extra: dict[str, list[Path]] = {}
+    for kind, folders in data.items():
+        folders = [folders] if isinstance(folders, str) else folders
+        if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
+            raise LoomError(f"{path}: '{kind}' must be a folder or a list of folders")
+        extra[kind] = [(path.parent / f).resolve() for f in folders]
+    return extra
+
+
+_digest_memo: dict[tuple, str] = {}
+
+
+def file_digest(path: Path | str) -> str:
+    """Content hash of a file or folder (all files in it), memoised by size and mtime."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stamp = tuple((str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
+    cached = _digest_memo.get(stamp)
+    if cached is not None:
+        return cached
+    h = hashlib.blake2b(digest_size=16)
+    for p in files:
+        h.update(os.fsencode(p.relative_to(path)) if path.is_dir() else b"")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    digest = h.hexdigest()
+    _digest_memo[stamp] = digest
+    return digest
+
+
+class ModelManager:
+    """Loaded models keyed by identity (file content + load settings), so each is in memory once."""
+
+    def __init__(self, paths: ModelPaths, capacity: int = 8):
+        self.paths = paths
+        self.capacity = capacity
+        self._loaded: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, identity: tuple, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            if identity in self._loaded:
+                self._loaded.move_to_end(identity)
+                return self._loaded[identity]
+        model = load()
+        with self._lock:
+            self._loaded[identity] = model
+            while len(self._loaded) > self.capacity:
+                self._loaded.popitem(last=False)
+        return model
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._loaded.clear()

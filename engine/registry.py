@@ -1,0 +1,75 @@
+"""Which node types exist: built-ins and custom packs, found through the `loom.nodes` entry points.
+
+An entry point names a module (scanned for `@node` functions) or a callable that
+takes the registry. The project's own `nodes` package registers the same way, so
+a third-party pack is no different from a built-in one.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import types
+from importlib.metadata import entry_points
+from typing import Any, Callable, Iterable
+
+from .node import NodeSpec, spec_of
+
+ENTRY_POINT_GROUP = "loom.nodes"
+log = logging.getLogger(__name__)
+
+
+class Registry:
+    def __init__(self, specs: Iterable[NodeSpec] = ()):
+        self._specs: dict[str, NodeSpec] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, item: NodeSpec | Callable) -> NodeSpec:
+        spec = item if isinstance(item, NodeSpec) else spec_of(item)
+        if spec is None:
+            raise TypeError(f"{item!r} is not a node (decorate it with @node)")
+        existing = self._specs.get(spec.type)
+        if existing is not None and existing.fn is not spec.fn:
+            raise ValueError(f"node type '{spec.type}' is registered twice "
+                             f"({existing.fn.__module__} and {spec.fn.__module__})")
+        self._specs[spec.type] = spec
+        return spec
+
+    def load_module(self, module: types.ModuleType | str) -> list[NodeSpec]:
+        if isinstance(module, str):
+            module = importlib.import_module(module)
+        found = [spec_of(v) for v in vars(module).values()]
+        return [self.register(s) for s in found if s is not None and s.fn.__module__ == module.__name__]
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+        for ep in entry_points(group=group):
+            target: Any = ep.load()
+            if isinstance(target, types.ModuleType):
+                self.load_module(target)
+            elif callable(target):
+                target(self)
+            else:
+                raise TypeError(f"entry point '{ep.name}' in {group} is neither a module nor a callable")
+
+    @classmethod
+    def default(cls) -> "Registry":
+        """Every node type installed: the built-ins and each `loom.nodes` pack."""
+        registry = cls()
+        registry.load_entry_points()
+        return registry
+
+    def get(self, type_id: str) -> NodeSpec | None:
+        return self._specs.get(type_id)
+
+    def __contains__(self, type_id: str) -> bool:
+        return type_id in self._specs
+
+    def __iter__(self):
+        return iter(sorted(self._specs.values(), key=lambda s: (s.category, s.type)))
+
+    def suggest(self, type_id: str, limit: int = 3) -> list[str]:
+        return difflib.get_close_matches(type_id, self._specs, n=limit, cutoff=0.5)
+
+    def catalogue(self) -> list[dict]:
+        return [spec.json_schema() for spec in self]

@@ -1,0 +1,22 @@
+"""Run-wide settings: device and memory policy, folders, and safety switches.
+
+These are settings, not graph edits: the same graph runs on a laptop CPU or a GPU.
+Node families read their own knobs from `options` (e.g. `vae_tiling`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Settings:
+    device: str = "cpu"
+    dtype: str = "float32"
+    output_dir: Path = Path("output")
+    input_dir: Path = Path("input")
+    models_dirs: list[Path] = field(default_factory=lambda: [Path("models")])
+    extra_model_paths: Path | None = None
+    allow_pickle: bool = False
+    options: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,16 @@
+"""Loom's built-in node library, registered through the `loom.nodes` entry point.
+
+Every module in this package is scanned for `@node` functions; a new family is a
+new module, nothing to list here. Modules keep heavy imports (diffusers,
+transformers, ...) inside the node functions so the catalogue loads fast.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+
+def register(registry) -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            registry.load_module(importlib.import_module(f"{__name__}.{info.name}"))
