@@ -1,0 +1,275 @@
+"""Port types of the diffusion nodes: what flows along the edges of a graph.
+
+Two kinds of values travel here:
+
+* Values (Latent, Conditioning, Image, Mask): dataclasses of tensors, numbers,
+  strings, lists and dicts. The engine's cache may persist them to disk and hand
+  them back with every tensor ON THE CPU, so a node always moves its tensor
+  inputs to `ctx.settings.device` itself.
+* Model handles (DiffusionModel, TextEncoder, Vae): live objects wrapping torch
+  modules. They are never persisted; their loader node re-creates them from the
+  fingerprinted file, and `ctx.models` keeps one instance per file and device.
+  A handle is never mutated in place by a node: patching nodes (LoRA,
+  ControlNet, IP-Adapter) return a copy via `with_patch(...)`.
+
+Conventions (shared by every node family):
+
+* Image: float32 tensor [B, H, W, C] in 0..1, C = 3 (RGB), on the CPU.
+* Mask: float32 tensor [B, H, W] in 0..1; 1 marks the area to (re)generate.
+* Latent: [B, C, h, w] already multiplied by the VAE's scaling factor (and
+  shifted where the VAE has a shift), i.e. what the UNet sees. h = H / the
+  VAE's spatial factor, which comes from the VAE config
+  (2 ** (len(block_out_channels) - 1)), never a hard-coded 8.
+* Conditioning: prompt embeddings [B, T, D] (T a multiple of the encoder's
+  context length when the prompt was chunked), plus SDXL pooled embeddings and
+  micro-conditioning.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+__all__ = [
+    "Image", "Mask", "Latent", "Conditioning", "DiffusionModel", "TextEncoder", "Vae",
+    "UNetHook", "StepInfo", "LoraSpec",
+]
+
+
+# ---------------------------------------------------------------------------
+# values (persistable)
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Image:
+    """A batch of RGB images: `pixels` float32 [B, H, W, 3] in 0..1 (ComfyUI's layout)."""
+
+    pixels: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[2]
+
+    def to_nchw(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[B, 3, H, W] in -1..1, as a VAE or a ControlNet wants it."""
+        return (self.pixels.to(device=device, dtype=dtype).permute(0, 3, 1, 2) * 2.0 - 1.0).contiguous()
+
+    @classmethod
+    def from_nchw(cls, x: torch.Tensor) -> "Image":
+        """From [B, 3, H, W] in -1..1 (a VAE's output): clamped, float32, on the CPU."""
+        pixels = (x.detach().float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+        return cls(pixels.cpu().contiguous())
+
+
+@dataclass
+class Mask:
+    """A batch of masks: `mask` float32 [B, H, W] in 0..1; 1 = regenerate this pixel."""
+
+    mask: torch.Tensor
+
+
+@dataclass
+class Latent:
+    """Latents as the UNet sees them (already scaled by the VAE's scaling factor).
+
+    samples         [B, C, h, w]
+    batch_index     seed offset of each item: item i's noise comes from seed + batch_index[i],
+                    so one seed gives the same image alone or anywhere in a batch
+    noise_mask      [B, 1, h, w] or None; where 1 the sampler regenerates, elsewhere it keeps
+                    `samples` (inpainting with an ordinary UNet)
+    masked_image    [B, C, h, w] latents of the image with the hole blanked, or None; what a
+                    9-channel inpainting UNet takes beside the mask
+    """
+
+    samples: torch.Tensor
+    batch_index: list[int] | None = None
+    noise_mask: torch.Tensor | None = None
+    masked_image: torch.Tensor | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.samples.shape[0]
+
+    def offsets(self) -> list[int]:
+        return list(self.batch_index) if self.batch_index is not None else list(range(self.batch))
+
+    def replace(self, **changes: Any) -> "Latent":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Conditioning:
+    """Encoded prompt(s), ready for the UNet's cross-attention.
+
+    embeds          [B, T, D] (B is usually 1 and broadcast to the latent batch)
+    pooled          [B, P] pooled text embeddings (SDXL's `text_embeds`), else None
+    pad_chunk       [1, L, D] the encoding of an empty chunk, used to pad the shorter of two
+                    conditionings when a chunked (> L tokens) prompt meets a short one
+    family          model family the encoder belongs to ("sd1", "sd2", "sdxl", "sdxl_refiner", ...)
+    original_size   SDXL micro-conditioning [height, width]; None = the image size being sampled
+    target_size     idem
+    crop_coords     [top, left]
+    aesthetic_score SDXL refiner's micro-conditioning (used when the UNet expects it)
+    text            the prompt text, for the PNG `parameters` chunk
+    """
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+    pad_chunk: torch.Tensor | None = None
+    family: str = "sd1"
+    original_size: list[int] | None = None
+    target_size: list[int] | None = None
+    crop_coords: list[int] = field(default_factory=lambda: [0, 0])
+    aesthetic_score: float = 6.0
+    text: str = ""
+
+    def replace(self, **changes: Any) -> "Conditioning":
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------
+# model handles (never persisted)
+# ---------------------------------------------------------------------------
+
+@dataclass
+class LoraSpec:
+    """One LoRA applied to a model: file identity, where it is, and its weights."""
+
+    name: str
+    path: str
+    digest: str
+    strength_model: float = 1.0
+    strength_clip: float = 1.0
+
+
+@dataclass
+class StepInfo:
+    """What a UNet hook sees at each denoising step (the CFG pair already batched)."""
+
+    sample: torch.Tensor                 # latent model input [2B or B, C, h, w], scaled by the scheduler
+    timestep: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    step_index: int                      # 0-based among the steps this sampler runs
+    total_steps: int
+    cfg_batched: bool                    # True when sample is [negative..., positive...]
+    added_cond_kwargs: dict | None = None
+
+
+class UNetHook(Protocol):
+    """A patch applied at every UNet call (ControlNet, IP-Adapter, ...).
+
+    Returns extra keyword arguments for the UNet call. The sampler adds up
+    `down_block_additional_residuals` (lists, element-wise) and
+    `mid_block_additional_residual` from several hooks; other keys are merged
+    (`added_cond_kwargs` dicts are merged key by key, `cross_attention_kwargs` likewise).
+    """
+
+    def __call__(self, model: "DiffusionModel", step: StepInfo) -> dict[str, Any]: ...
+
+
+@dataclass(eq=False)
+class DiffusionModel:
+    """A denoising UNet with what the sampler needs to drive it.
+
+    family            "sd1", "sd2", "sdxl", "sdxl_refiner" or "tiny" (a small model of SD layout)
+    scheduler_config  the checkpoint's scheduler config (prediction_type, betas, ...)
+    latent_scale      pixels per latent pixel, from the checkpoint's VAE config (for SDXL
+                      micro-conditioning and size checks)
+    identity          stable description of the weights (file digest + device + dtype)
+    loras             LoRAs to activate on the UNet while sampling
+    hooks             UNet hooks (ControlNet, IP-Adapter), called at every step
+    """
+
+    unet: Any
+    scheduler_config: dict
+    family: str
+    latent_scale: int
+    identity: str
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    loras: list[LoraSpec] = field(default_factory=list)
+    hooks: list[Callable] = field(default_factory=list)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def is_inpainting(self) -> bool:
+        return self.in_channels == 9
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    def with_patch(self, *, loras: list[LoraSpec] | None = None,
+                   hooks: list[Callable] | None = None) -> "DiffusionModel":
+        """A new handle on the same UNet with LoRAs and/or hooks appended (the original is untouched)."""
+        return dataclasses.replace(self, loras=[*self.loras, *(loras or [])],
+                                   hooks=[*self.hooks, *(hooks or [])])
+
+
+@dataclass(eq=False)
+class TextEncoder:
+    """Tokenizer(s) and text encoder(s) of a checkpoint: one for SD 1.x/2.x, two for SDXL.
+
+    For SDXL base: encoders = [CLIPTextModel, CLIPTextModelWithProjection]; the refiner has
+    only the second. `pad_cache` memoises the encoding of an empty chunk per LoRA setup.
+    """
+
+    tokenizers: list[Any]
+    encoders: list[Any]
+    family: str
+    identity: str
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    loras: list[LoraSpec] = field(default_factory=list)
+    clip_skip: int = 0
+    pad_cache: dict = field(default_factory=dict, repr=False)
+
+    def with_patch(self, *, loras: list[LoraSpec] | None = None,
+                   clip_skip: int | None = None) -> "TextEncoder":
+        return dataclasses.replace(self, loras=[*self.loras, *(loras or [])],
+                                   clip_skip=self.clip_skip if clip_skip is None else clip_skip,
+                                   pad_cache={})
+
+
+@dataclass(eq=False)
+class Vae:
+    """An AutoencoderKL and its latent conventions.
+
+    scale_factor     pixels per latent pixel: 2 ** (len(block_out_channels) - 1)
+    scaling_factor   latent multiplier from the VAE config (0.18215 for SD 1.x)
+    shift_factor     latent shift (None for SD VAEs)
+    """
+
+    vae: Any
+    identity: str
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def shift_factor(self) -> float | None:
+        return getattr(self.vae.config, "shift_factor", None)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
