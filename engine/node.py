@@ -152,7 +152,7 @@ def _snake(name: str) -> str:
 
 def _default_output_name(tp: Any) -> str:
     bare = strip_annotated(tp)
-    if isinstance(bare, type) and bare.__module__ != "builtins":
+    if isinstance(bare, type) and bare.__module__ not in ("builtins", "typing"):
         return _snake(bare.__name__)
     return "value"
 

@@ -1,0 +1,333 @@
+"""The executor: validate, plan, then run only what is not already cached.
+
+Run order: (1) apply params and validate, (2) plan and key every needed node,
+(3) walk back from the output nodes and stop at anything cached, (4) run the rest in
+topological order, caching each result as it completes. Lazy inputs are evaluated
+only when a node asks for them; a lazy evaluation may override literal inputs,
+which is how a bounded retry loop reruns a sub-graph with the next seed.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from .cache import Cache
+from .context import CancelToken, Context
+from .errors import Cancelled, GraphError, LoomError, NodeError, NodeInputError, Problem
+from .events import (NODE_CACHED, NODE_FAILED, NODE_FINISHED, NODE_STARTED, RUN_CANCELLED,
+                     RUN_FAILED, RUN_FINISHED, RUN_STARTED, Event, EventBus, Listener)
+from .explain import CACHED, NOT_NEEDED, RAN, WILL_RUN, RunHistory, why_cached, why_not_cached
+from .graph import Graph, Link
+from .models import ModelManager, ModelPaths
+from .plan import Plan, make_plan, variant
+from .registry import Registry
+from .settings import Settings
+from .types import Lazy
+from .validate import CheckedGraph, check_override, validate
+
+
+@dataclass
+class NodeRecord:
+    node: str
+    type: str
+    key: str
+    status: str          # "ran" | "cached" | "failed"
+    seconds: float
+    reason: str
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str          # "succeeded" | "failed" | "cancelled"
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: list[NodeRecord] = field(default_factory=list)
+    error: LoomError | None = None
+
+    @property
+    def ran(self) -> list[str]:
+        return [r.node for r in self.records if r.status == RAN]
+
+    @property
+    def cached(self) -> list[str]:
+        return [r.node for r in self.records if r.status == CACHED]
+
+    @property
+    def timings(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for r in self.records:
+            totals[r.node] = totals.get(r.node, 0.0) + r.seconds
+        return totals
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        return {r.node: r.reason for r in self.records}
+
+    def raise_for_status(self) -> "RunResult":
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def to_dict(self) -> dict:
+        error = self.error.to_dict() if hasattr(self.error, "to_dict") else (
+            {"error": type(self.error).__name__.lower(), "message": str(self.error)} if self.error else None)
+        return {"run_id": self.run_id, "status": self.status,
+                "nodes": [vars(r) for r in self.records], "error": error}
+
+
+@dataclass
+class Explanation:
+    node: str
+    type: str
+    status: str          # "cached" | "will run" | "not needed"
+    reason: str
+
+
+class Executor:
+    """Runs graphs against one cache, one model manager and one event bus.
+
+    Keep one Executor for many runs (the CLI process, the server worker): the cache and
+    loaded models stay warm. Runs are serialised; `run` is safe to call from any thread.
+    """
+
+    def __init__(self, registry: Registry | None = None, settings: Settings | None = None,
+                 cache: Cache | None = None, models: ModelManager | None = None,
+                 events: EventBus | None = None, history: RunHistory | None = None):
+        self.registry = registry if registry is not None else Registry.default()
+        self.settings = settings if settings is not None else Settings()
+        self.cache = cache if cache is not None else Cache()
+        self.models = models if models is not None else ModelManager(
+            ModelPaths(self.settings.models_dirs, self.settings.extra_model_paths))
+        self.events = events if events is not None else EventBus()
+        self.history = history if history is not None else RunHistory()
+        self._run_lock = threading.Lock()
+
+    # -- before running -----------------------------------------------------------------
+    def check(self, graph: Graph, params: dict[str, Any] | None = None) -> CheckedGraph:
+        """Apply params and validate; raises GraphError listing every problem."""
+        return validate(graph.with_params(params), self.registry)
+
+    def plan(self, graph: Graph, params: dict[str, Any] | None = None,
+             nonce: str | None = None) -> Plan:
+        return make_plan(self.check(graph, params), nonce or uuid.uuid4().hex)
+
+    def explain(self, graph: Graph, params: dict[str, Any] | None = None) -> dict[str, Explanation]:
+        """What the next run would do for each node, and why, without running anything."""
+        plan = self.plan(graph, params)
+        previous = self.history.last(graph.name)
+        available = self._available(plan, set())
+        demanded = set(_demand_order(plan, plan.checked.outputs, available))
+        out = {}
+        for node_id in plan.order:
+            parts, spec = plan.parts[node_id], plan.checked.specs[node_id]
+            if node_id not in demanded:
+                status, reason = NOT_NEEDED, "not needed: every node that uses it is cached"
+            elif available(node_id):
+                status, reason = CACHED, why_cached(previous.get(node_id), parts)
+            else:
+                status = WILL_RUN
+                reason = why_not_cached(parts, previous.get(node_id), cacheable=spec.cacheable,
+                                        use_cache=True, evicted=self.cache.was_evicted(parts.key))
+            out[node_id] = Explanation(node_id, spec.type, status, reason)
+        return out
+
+    def _available(self, plan: Plan, computed: set[str], use_cache: bool = True):
+        def available(node_id: str) -> bool:
+            key = plan.key(node_id)
+            return key in computed or (use_cache and plan.checked.specs[node_id].cacheable
+                                       and self.cache.contains(key))
+        return available
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, graph: Graph, params: dict[str, Any] | None = None, *,
+            cancel: CancelToken | None = None, listener: Listener | None = None,
+            run_id: str | None = None, use_cache: bool = True, check: bool = True) -> RunResult:
+        """Run the graph. Invalid graphs raise GraphError before anything runs.
+
+        With check=True a failed or cancelled run raises (NodeError / Cancelled, with the
+        result attached as `.result`); with check=False the result carries the error.
+        """
+        run_id = run_id or uuid.uuid4().hex
+        graph = graph.with_params(params)
+        plan = self.plan(graph, nonce=run_id)
+        unsubscribe = self.events.subscribe(listener) if listener else None
+        try:
+            with self._run_lock:
+                result = _Run(self, plan, graph, run_id, cancel or CancelToken(), use_cache).execute()
+        finally:
+            if unsubscribe:
+                unsubscribe()
+        if check and result.error is not None:
+            result.error.result = result
+            raise result.error
+        return result
+
+
+def _demand_order(plan: Plan, targets: list[str], available) -> list[str]:
+    """Nodes to resolve for `targets`, inputs first, not descending past available ones."""
+    order: list[str] = []
+    seen: set[str] = set()
+    stack: list[tuple[str, bool]] = [(t, False) for t in reversed(targets)]
+    links, specs = plan.checked.links, plan.checked.specs
+    while stack:
+        node_id, inputs_done = stack.pop()
+        if inputs_done:
+            order.append(node_id)
+            continue
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        if available(node_id):
+            order.append(node_id)
+            continue
+        stack.append((node_id, True))
+        inputs = specs[node_id].inputs
+        for name, link in links[node_id].items():
+            if not inputs[name].lazy and link.node not in seen:
+                stack.append((link.node, False))
+    return order
+
+
+class _Run:
+    """One execution of a plan: values by key, records, events."""
+
+    def __init__(self, executor: Executor, plan: Plan, graph: Graph, run_id: str,
+                 cancel: CancelToken, use_cache: bool):
+        self.ex = executor
+        self.plan = plan
+        self.graph = graph
+        self.run_id = run_id
+        self.cancel = cancel
+        self.use_cache = use_cache
+        self.previous = executor.history.last(graph.name)
+        self.values: dict[str, dict[str, Any]] = {}
+        self.records: list[NodeRecord] = []
+        self.pinned: list[str] = []
+        self.params = graph.param_values()
+
+    def publish(self, kind: str, node: str | None = None, node_type: str | None = None, **data):
+        self.ex.events.publish(Event(kind, self.run_id, node, node_type, data))
+
+    def execute(self) -> RunResult:
+        plan = self.plan
+        self._pin(plan.keys.values())
+        self.publish(RUN_STARTED, nodes=len(plan.order))
+        result = RunResult(self.run_id, "succeeded", records=self.records)
+        try:
+            self.materialize(plan, plan.checked.outputs)
+            result.outputs = {n: self.values[plan.key(n)] for n in plan.checked.outputs}
+            self.publish(RUN_FINISHED, ran=len(result.ran), cached=len(result.cached))
+        except Cancelled as exc:
+            result.status, result.error = "cancelled", exc
+            self.publish(RUN_CANCELLED, message=str(exc))
+        except NodeError as exc:
+            result.status, result.error = "failed", exc
+            self.publish(RUN_FAILED, **exc.to_dict())
+        finally:
+            self.ex.cache.memory.unpin(self.pinned)
+            self.ex.history.record(self.graph.name, {
+                r.node: plan.parts[r.node] for r in self.records if r.node in plan.parts
+                and r.key == plan.key(r.node)})
+        return result
+
+    def _pin(self, keys) -> None:
+        keys = list(keys)
+        self.ex.cache.memory.pin(keys)
+        self.pinned.extend(keys)
+
+    def materialize(self, plan: Plan, targets: list[str]) -> None:
+        available = self.ex._available(plan, self.values.keys(), self.use_cache)
+        for node_id in _demand_order(plan, targets, available):
+            self.resolve(plan, node_id)
+
+    def resolve(self, plan: Plan, node_id: str) -> None:
+        key = plan.key(node_id)
+        if key in self.values:
+            return
+        spec = plan.checked.specs[node_id]
+        if self.use_cache and spec.cacheable:
+            hit = self.ex.cache.get(key)
+            if hit is not None:
+                self.values[key] = hit
+                self.records.append(NodeRecord(node_id, spec.type, key, CACHED, 0.0,
+                                               why_cached(self.previous.get(node_id), plan.parts[node_id])))
+                self.publish(NODE_CACHED, node_id, spec.type)
+                return
+        missing = [link.node for name, link in plan.checked.links[node_id].items()
+                   if not spec.inputs[name].lazy and plan.key(link.node) not in self.values]
+        if missing:  # an entry that looked cached could not be read back: compute it
+            self.materialize(plan, missing)
+        self.run_node(plan, node_id)
+
+    def run_node(self, plan: Plan, node_id: str) -> None:
+        if self.cancel.cancelled:
+            raise Cancelled(f"cancelled before node '{node_id}'")
+        checked, spec, parts = plan.checked, plan.checked.specs[node_id], plan.parts[node_id]
+        reason = why_not_cached(parts, self.previous.get(node_id), cacheable=spec.cacheable,
+                                use_cache=self.use_cache, evicted=self.ex.cache.was_evicted(parts.key))
+        self.publish(NODE_STARTED, node_id, spec.type, reason=reason)
+        started = time.perf_counter()
+        try:
+            kwargs = self.inputs_for(plan, node_id)
+            ctx = Context(node_id, spec.type, self.run_id, self.ex.settings, self.ex.models,
+                          self.graph, self.params, self.cancel, self.ex.events.publish)
+            outputs = spec.call(ctx, kwargs)
+        except (Cancelled, NodeError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any node failure becomes a NodeError
+            seconds = time.perf_counter() - started
+            if isinstance(exc, NodeInputError):
+                message = f"input '{exc.input}': {exc.message}" if exc.input else exc.message
+            elif isinstance(exc, LoomError):
+                message = str(exc)
+            else:
+                message = f"{type(exc).__name__}: {exc}"
+            error = NodeError(node_id, spec.type, message, traceback.format_exc())
+            self.records.append(NodeRecord(node_id, spec.type, parts.key, "failed", seconds, reason))
+            self.publish(NODE_FAILED, node_id, spec.type, message=message,
+                         traceback=error.traceback, seconds=seconds)
+            raise error from exc
+        seconds = time.perf_counter() - started
+        self.values[parts.key] = outputs
+        if self.use_cache and spec.cacheable:
+            self._pin([parts.key])
+            self.ex.cache.put(parts.key, outputs)
+        self.records.append(NodeRecord(node_id, spec.type, parts.key, RAN, seconds, reason))
+        self.publish(NODE_FINISHED, node_id, spec.type, seconds=seconds)
+
+    def inputs_for(self, plan: Plan, node_id: str) -> dict[str, Any]:
+        spec = plan.checked.specs[node_id]
+        kwargs = dict(plan.literals[node_id])
+        for name, link in plan.checked.links[node_id].items():
+            ispec = spec.inputs[name]
+            if ispec.lazy:
+                kwargs[name] = Lazy(partial(self.evaluate_lazy, plan, link))
+                continue
+            value = self.values[plan.key(link.node)][link.output]
+            if ispec.literal and value is not None:
+                try:
+                    value = ispec.check_value(value)
+                except ValueError as exc:
+                    raise NodeInputError(name, f"value from '{link.node}.{link.output}' {exc}") from None
+            kwargs[name] = value
+        return kwargs
+
+    def evaluate_lazy(self, plan: Plan, link: Link, overrides: dict | None = None) -> Any:
+        if overrides:
+            checked_overrides = {}
+            for (node_id, name), value in overrides.items():
+                try:
+                    checked_overrides[(node_id, name)] = check_override(plan.checked, node_id, name, value)
+                except ValueError as exc:
+                    raise NodeInputError(None, f"cannot override {node_id}.{name}: {exc}") from None
+            plan = variant(plan, checked_overrides)
+        self.materialize(plan, [link.node])
+        return self.values[plan.key(link.node)][link.output]
+
+
+__all__ = ["Executor", "RunResult", "NodeRecord", "Explanation", "GraphError", "Problem"]

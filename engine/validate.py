@@ -1,0 +1,161 @@
+"""Validation: check a graph against the node catalogue and report every problem at once.
+
+The result, a `CheckedGraph`, is what the planner and executor work from: each node's
+spec, its validated literals and its links, and a topological order. Nothing runs
+unless validation passed.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from .errors import GraphError, Problem
+from .graph import Graph, Link
+from .node import NodeSpec
+from .registry import Registry
+from .types import is_assignable, type_name
+
+
+@dataclass
+class CheckedGraph:
+    graph: Graph
+    specs: dict[str, NodeSpec]
+    literals: dict[str, dict[str, Any]]   # node -> input -> validated value (defaults filled)
+    links: dict[str, dict[str, Link]]     # node -> input -> upstream link
+    order: list[str]                      # topological, every node
+    outputs: list[str]                    # output-node ids, in order
+
+    def needed(self) -> list[str]:
+        """Nodes some output depends on, in topological order (the pruned plan)."""
+        keep = set(self.outputs)
+        for node_id in reversed(self.order):
+            if node_id in keep:
+                keep.update(link.node for link in self.links[node_id].values())
+        return [n for n in self.order if n in keep]
+
+
+def validate(graph: Graph, registry: Registry) -> CheckedGraph:
+    problems: list[Problem] = []
+    src = graph.source
+
+    def bad(message: str, node: str | None = None, input: str | None = None, hint: str | None = None):
+        problems.append(Problem(message, node=node, input=input, hint=hint, file=src))
+
+    specs: dict[str, NodeSpec] = {}
+    literals: dict[str, dict[str, Any]] = {}
+    links: dict[str, dict[str, Link]] = {}
+    for node_id, entry in graph.nodes.items():
+        spec = registry.get(entry.type)
+        if spec is None:
+            close = registry.suggest(entry.type)
+            bad(f"unknown node type '{entry.type}'", node=node_id,
+                hint=f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see `loom nodes`")
+            continue
+        specs[node_id] = spec
+        inputs = entry.inputs
+        if entry.version is not None and entry.version != spec.version:
+            if entry.version > spec.version:
+                bad(f"written for version {entry.version} of '{spec.type}', this install has "
+                    f"version {spec.version}", node=node_id, hint="upgrade the node pack")
+                continue
+            try:
+                inputs = spec.migrate(entry.version, inputs)
+            except Exception as exc:  # noqa: BLE001 - a migration is node-pack code
+                bad(f"cannot migrate from version {entry.version}: {exc}", node=node_id)
+                continue
+        literals[node_id], links[node_id] = _check_inputs(node_id, spec, inputs, bad)
+
+    for node_id, node_links in links.items():
+        spec = specs[node_id]
+        for name, link in node_links.items():
+            upstream = specs.get(link.node)
+            if link.node not in graph.nodes:
+                bad(f"links to missing node '{link.node}'", node=node_id, input=name,
+                    hint=_did_you_mean(link.node, graph.nodes))
+            elif upstream is None:
+                continue  # its unknown type is already reported
+            elif link.output not in upstream.outputs:
+                bad(f"node '{link.node}' ({upstream.type}) has no output '{link.output}'",
+                    node=node_id, input=name, hint=f"its outputs: {', '.join(upstream.outputs)}")
+            elif not is_assignable(upstream.outputs[link.output], spec.inputs[name].annotation):
+                bad(f"type mismatch: '{link.node}.{link.output}' gives "
+                    f"{type_name(upstream.outputs[link.output])}, input wants "
+                    f"{type_name(spec.inputs[name].annotation)}", node=node_id, input=name)
+
+    for pname, param in graph.params.items():
+        spec = specs.get(param.node)
+        if param.node not in graph.nodes:
+            bad(f"param '{pname}' points at missing node '{param.node}'")
+        elif spec is not None and param.input not in spec.inputs:
+            bad(f"param '{pname}' points at unknown input '{param.input}'", node=param.node,
+                input=param.input)
+
+    dag = nx.DiGraph()
+    dag.add_nodes_from(graph.nodes)
+    for node_id, node_links in links.items():
+        dag.add_edges_from((link.node, node_id) for link in node_links.values()
+                           if link.node in graph.nodes)
+    cycles = [sorted(c) for c in nx.strongly_connected_components(dag)
+              if len(c) > 1 or dag.has_edge(next(iter(c)), next(iter(c)))]
+    for cycle in cycles:
+        bad(f"cycle through nodes {', '.join(repr(n) for n in cycle)}", node=cycle[0],
+            hint="a graph must be acyclic; use a retry node for loops")
+
+    outputs = [n for n, s in specs.items() if s.output_node]
+    if graph.nodes and not outputs and not any(
+            graph.nodes[n].type not in registry for n in graph.nodes):
+        bad("the graph has no output node, so nothing would run",
+            hint="add a sink such as 'show' or 'save_image'")
+    if not graph.nodes:
+        bad("the graph has no nodes")
+    if problems:
+        raise GraphError(problems)
+    return CheckedGraph(graph, specs, literals, links, list(nx.topological_sort(dag)), outputs)
+
+
+def _did_you_mean(name: str, choices) -> str | None:
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f"did you mean {', '.join(repr(c) for c in close)}?" if close else None
+
+
+def _check_inputs(node_id: str, spec: NodeSpec, inputs: dict[str, Any], bad):
+    literals: dict[str, Any] = {}
+    links: dict[str, Link] = {}
+    for name, value in inputs.items():
+        ispec = spec.inputs.get(name)
+        if ispec is None:
+            bad(f"unknown input '{name}' for '{spec.type}'", node=node_id, input=name,
+                hint=_did_you_mean(name, spec.inputs) or f"inputs: {', '.join(spec.inputs) or 'none'}")
+        elif isinstance(value, Link):
+            links[name] = value
+        elif not ispec.literal:
+            bad(f"must be linked from an output of type {type_name(ispec.annotation)}, "
+                f"not given a literal", node=node_id, input=name)
+        else:
+            try:
+                literals[name] = ispec.check_value(value)
+            except ValueError as exc:
+                bad(str(exc), node=node_id, input=name)
+    for name, ispec in spec.inputs.items():
+        if name in inputs:
+            continue
+        if ispec.required:
+            bad(f"missing required input '{name}' ({type_name(ispec.annotation)})",
+                node=node_id, input=name)
+        else:
+            literals[name] = ispec.default
+    return literals, links
+
+
+def check_override(checked: CheckedGraph, node_id: str, input_name: str, value: Any) -> Any:
+    """Validate a literal that replaces one input for a single evaluation (retry loops)."""
+    spec = checked.specs.get(node_id)
+    if spec is None or input_name not in spec.inputs:
+        raise ValueError(f"no input '{input_name}' on node '{node_id}'")
+    ispec = spec.inputs[input_name]
+    if input_name in checked.links[node_id]:
+        raise ValueError(f"input '{input_name}' of node '{node_id}' is linked, not a literal")
+    return ispec.check_value(value)

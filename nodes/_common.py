@@ -1,0 +1,55 @@
+"""Helpers shared by the diffusion node modules (not scanned for nodes: the name starts with _).
+
+Device and dtype from settings, model-name resolution that reports the node input,
+and the seeded noise every sampler and test uses.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import NodeInputError
+from engine.settings import Settings
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def torch_dtype(settings: Settings) -> torch.dtype:
+    try:
+        return _DTYPES[str(settings.dtype)]
+    except KeyError:
+        raise NodeInputError(None, f"unknown dtype setting {settings.dtype!r} "
+                                   f"(one of {', '.join(_DTYPES)})") from None
+
+
+def option(settings: Settings, name: str, default: Any = False) -> Any:
+    return (settings.options or {}).get(name, default)
+
+
+def resolve_model(ctx_or_settings: Any, kind: str, name: str, input_name: str = "name") -> Path:
+    """The file or folder called `name` under models/<kind>, or NodeInputError naming the input."""
+    from engine.models import ModelNotFound, ModelPaths
+
+    paths = getattr(getattr(ctx_or_settings, "models", None), "paths", None)
+    if paths is None:
+        settings = getattr(ctx_or_settings, "settings", ctx_or_settings)
+        paths = ModelPaths(settings.models_dirs, settings.extra_model_paths)
+    try:
+        return paths.resolve(kind, name)
+    except ModelNotFound as exc:
+        raise NodeInputError(input_name, str(exc)) from None
+
+
+def seeded_noise(shape: tuple[int, ...], seed: int, offsets: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Gaussian noise [B, ...] where item i comes from its own CPU generator seeded seed + offsets[i].
+
+    The generators are returned too: ancestral schedulers draw their step noise from them, so
+    an item's whole trajectory depends only on its own seed, never on its batch position.
+    """
+    generators = [torch.Generator("cpu").manual_seed((seed + off) % 2**64) for off in offsets]
+    noise = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32)
+                       for g in generators])
+    return noise, generators
