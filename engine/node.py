@@ -186,7 +186,7 @@ def _build_spec(fn: Callable, type_id: str, *, category: str, version: int, outp
         inputs[p.name] = InputSpec(
             name=p.name, annotation=annotation, required=required,
             default=None if required else p.default, lazy=lazy,
-            literal=accepts_literal(annotation), description=_description(annotation))
+            literal=accepts_literal(annotation) and not lazy, description=_description(annotation))
     ret = hints.get("return", typing.Any)
     if _is_named_tuple(ret):
         outputs = dict(get_type_hints(ret))
