@@ -93,6 +93,7 @@ def test_every_problem_is_reported_in_one_go(executor):
 
 
 def test_link_only_input_refuses_a_literal(executor):
-    p = one(executor, {"sw": {"type": "switch", "inputs": {"condition": True, "on_true": 1,
-                                                           "on_false": 2}}, **SHOW})
-    assert "must be linked" in p.message
+    found = problems(executor, {"sw": {"type": "switch", "inputs": {"condition": True, "on_true": 1,
+                                                                    "on_false": 2}}, **SHOW})
+    assert {(p.node, p.input) for p in found} == {("sw", "on_true"), ("sw", "on_false")}
+    assert all("must be linked" in p.message for p in found)
