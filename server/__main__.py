@@ -1,0 +1,76 @@
+"""`python -m server`: start the graph server (the same as `loom serve`, plus server-only flags)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from engine import Settings
+from engine.errors import LoomError
+
+from .config import GraphLimits, ServerConfig
+from .main import serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerConfig()
+    limits = GraphLimits()
+    p = argparse.ArgumentParser(prog="python -m server", description="Loom graph server")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; any "
+                   "other needs --token)")
+    p.add_argument("--port", type=int, default=8188)
+    p.add_argument("--data-dir", default="loom-data", help="queue, history, inputs and outputs")
+    p.add_argument("--models-dir", action="append", help="models folder (repeatable; default ./models)")
+    p.add_argument("--token", default=os.environ.get("LOOM_TOKEN"),
+                   help="bearer token every request must carry (default $LOOM_TOKEN)")
+    p.add_argument("--out", help="output folder (default DATA_DIR/outputs)")
+    p.add_argument("--input-dir", help="folder uploads go to and load-image reads (default DATA_DIR/inputs)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--nodes", action="append", default=[], metavar="MODULE",
+                   help="also load node types from this importable module (repeatable)")
+    p.add_argument("--no-installed-nodes", action="store_true",
+                   help="do not load node packs from the loom.nodes entry points")
+    p.add_argument("--allow-host", action="append", default=[],
+                   help="also answer to this Host name (repeatable; '*' for any)")
+    p.add_argument("--allow-origin", action="append", default=[],
+                   help="accept browser requests from this origin, e.g. https://ui.example")
+    p.add_argument("--max-nodes", type=int, default=limits.max_nodes)
+    p.add_argument("--max-width", type=int, default=limits.max_width)
+    p.add_argument("--max-height", type=int, default=limits.max_height)
+    p.add_argument("--max-steps", type=int, default=limits.max_steps)
+    p.add_argument("--max-batch", type=int, default=limits.max_batch)
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20)
+    p.add_argument("--max-attempts", type=int, default=d.max_attempts,
+                   help="tries per run across crashes (default %(default)s)")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    data_dir = Path(args.data_dir)
+    settings = Settings(device=args.device, dtype=args.dtype,
+                        output_dir=Path(args.out) if args.out else data_dir / "outputs",
+                        input_dir=Path(args.input_dir) if args.input_dir else data_dir / "inputs")
+    limits = GraphLimits(max_nodes=args.max_nodes, max_width=args.max_width,
+                         max_height=args.max_height, max_pixels=args.max_width * args.max_height,
+                         max_steps=args.max_steps, max_batch=args.max_batch)
+    try:
+        serve(args.host, args.port, data_dir, [Path(m) for m in args.models_dir or ["models"]],
+              args.token, settings, node_modules=args.nodes,
+              installed_nodes=not args.no_installed_nodes, log_level=args.log_level,
+              allowed_hosts=tuple(args.allow_host), allowed_origins=tuple(args.allow_origin),
+              limits=limits, max_upload_bytes=int(args.max_upload_mb * 2**20),
+              max_attempts=args.max_attempts)
+    except LoomError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The server's own settings: where it listens, who may talk to it, and how much it accepts.
+
+Engine settings (device, folders the nodes read and write) stay in `engine.Settings`;
+this holds what only a network service needs: bind address, token, request limits,
+queue and event-stream policy.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import LoomError
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True)
+class GraphLimits:
+    """What one submitted graph may ask for; more is refused (422) before anything runs."""
+
+    max_nodes: int = 200
+    max_width: int = 2048
+    max_height: int = 2048
+    max_pixels: int = 2048 * 2048
+    max_steps: int = 150
+    max_batch: int = 8
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8188
+    data_dir: Path = Path("loom-data")
+    token: str | None = None
+    # Extra Host header values and Origins to accept besides the loopback names and the bind host.
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    limits: GraphLimits = field(default_factory=GraphLimits)
+    max_request_bytes: int = 2 * 1024 * 1024        # JSON bodies (graphs)
+    max_upload_bytes: int = 20 * 1024 * 1024        # one uploaded image file
+    max_upload_pixels: int = 4096 * 4096            # decompression-bomb guard
+    max_attempts: int = 2                           # tries per run across crashes/restarts
+    event_queue_size: int = 256                     # per websocket client, oldest dropped first
+    event_send_timeout: float = 10.0                # a client that cannot take one message this long is closed
+    wait_timeout: float = 600.0                     # upper bound for POST /v1/runs?wait=true
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "loom.sqlite3"
+
+    def check_bind(self) -> None:
+        """Refuse to listen beyond this machine unless a token guards every endpoint."""
+        if not is_loopback(self.host) and not self.token:
+            raise LoomError(
+                f"refusing to listen on {self.host!r} without a token: anyone who can reach "
+                f"this address could run graphs and read outputs. Pass --token (or set "
+                f"LOOM_TOKEN), or bind to 127.0.0.1")
+        if self.token is not None and len(self.token) < 16:
+            raise LoomError("the token must be at least 16 characters long")
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_wildcard(host: str) -> bool:
+    return host.strip("[]") in ("0.0.0.0", "::", "")

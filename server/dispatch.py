@@ -1,0 +1,185 @@
+"""Where queued runs are executed, behind a small interface the API does not look past.
+
+`RunDispatcher` is all the API knows: wake it when a run is queued, ask it to cancel a
+run, start and stop it. The store is the queue and the source of truth: a dispatcher
+claims runs from it and records how they ended. `LocalDispatcher` runs them on one
+worker thread with one long-lived `Executor`, so the engine's cache and loaded models
+stay warm from run to run. A distributed backend (Ray actors, one per GPU, each with
+its own Executor) would implement the same four methods and claim from the same store.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Protocol
+from urllib.parse import quote
+
+from engine import CancelToken, Executor, Graph, GraphError
+from engine.events import RUN_CANCELLED, RUN_FAILED, RUN_FINISHED, Event
+
+from .files import describe_outputs
+from .store import CANCELLED, FAILED, SUCCEEDED, RunRecord, RunStore
+
+log = logging.getLogger(__name__)
+
+TERMINAL_EVENTS = frozenset({RUN_FINISHED, RUN_FAILED, RUN_CANCELLED})
+
+
+class RunDispatcher(Protocol):
+    def start(self) -> None:
+        """Begin taking queued runs from the store."""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking runs; a run cut short goes back to the queue, not counted as an attempt."""
+
+    def wake(self) -> None:
+        """A run was queued: look at the store now rather than at the next poll."""
+
+    def cancel(self, run_id: str) -> bool:
+        """Stop `run_id` if it is running here (within one node step); False if it is not."""
+
+
+def output_url(run_id: str, name: str) -> str:
+    return f"/v1/runs/{run_id}/outputs/{quote(name, safe='/')}"
+
+
+class LocalDispatcher:
+    """One worker thread, one Executor: runs execute one at a time, in submission order."""
+
+    def __init__(self, store: RunStore, executor: Executor, *, output_dir: Path,
+                 publish: Callable[[dict], None] = lambda event: None,
+                 finished: Callable[[str], None] = lambda run_id: None,
+                 poll_seconds: float = 1.0):
+        self.store = store
+        self.executor = executor
+        self.output_dir = Path(output_dir)
+        self.publish = publish
+        self.finished = finished
+        self.poll_seconds = poll_seconds
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._current: tuple[str, CancelToken] | None = None
+        self._held: dict[str, dict] = {}   # terminal events, sent once the store agrees
+        self._thread: threading.Thread | None = None
+        self._unsubscribe = executor.events.subscribe(self._on_engine_event)
+
+    # -- RunDispatcher ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="loom-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            if self._current is not None:
+                self._current[1].cancel()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._unsubscribe()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, run_id: str) -> bool:
+        with self._lock:
+            if self._current is not None and self._current[0] == run_id:
+                self._current[1].cancel()
+                return True
+        return False
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    # -- the worker ---------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                run = self.store.claim_next()
+            except Exception:  # noqa: BLE001 - a store hiccup must not kill the worker
+                log.exception("could not claim a run")
+                run = None
+            if run is None:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+                continue
+            self._execute(run)
+
+    def _execute(self, run: RunRecord) -> None:
+        token = CancelToken()
+        with self._lock:
+            self._current = (run.id, token)
+        # A cancel that arrived between the claim and now is in the store (see `cancel`).
+        latest = self.store.get(run.id)
+        if latest is not None and latest.cancel_requested:
+            token.cancel()
+        try:
+            status, result, error = self._run_engine(run, token)
+        finally:
+            with self._lock:
+                self._current = None
+        if self._stopping.is_set() and status == CANCELLED and not self._cancel_requested(run.id):
+            self.store.requeue(run.id, "re-queued: the server shut down while it ran",
+                               refund_attempt=True)
+            self._held.pop(run.id, None)
+            return
+        self.store.finish(run.id, status, result, error)
+        held = self._held.pop(run.id, None)
+        if held is not None:
+            held.setdefault("data", {})["status"] = status
+            self.publish(held)
+        self.finished(run.id)
+
+    def _run_engine(self, run: RunRecord, token: CancelToken) -> tuple[str, dict, dict | None]:
+        try:
+            graph = Graph.from_dict(run.graph)
+            outcome = self.executor.run(graph, run.params or None, cancel=token, run_id=run.id,
+                                         check=False)
+        except GraphError as exc:   # valid when queued, but the node set changed since
+            self._hold_failure(run.id, exc.to_dict())
+            return FAILED, {}, exc.to_dict()
+        except Exception as exc:  # noqa: BLE001 - recorded on the run, never kills the worker
+            log.exception("run %s crashed the executor", run.id)
+            error = {"error": "internal", "message": f"{type(exc).__name__}: {exc}",
+                     "traceback": traceback.format_exc()}
+            self._hold_failure(run.id, error)
+            return FAILED, {}, error
+        outputs, files = describe_outputs(outcome.outputs or {}, self.output_dir,
+                                          lambda name: output_url(run.id, name))
+        result = {"ran": list(outcome.ran), "cached": list(outcome.cached),
+                  "timings": dict(outcome.timings), "outputs": outputs, "files": files}
+        if outcome.status == "succeeded":
+            return SUCCEEDED, result, None
+        if outcome.status == "cancelled":
+            message = "cancelled"
+            if outcome.error is not None:
+                message = getattr(outcome.error, "message", None) or str(outcome.error)
+            return CANCELLED, result, {"error": "cancelled", "message": message}
+        error = (outcome.error.to_dict() if outcome.error is not None
+                 else {"error": "failed", "message": "the run failed"})
+        return FAILED, result, error
+
+    def _hold_failure(self, run_id: str, error: dict) -> None:
+        self._held.setdefault(run_id, Event(RUN_FAILED, run_id, data={"error": error}).to_dict())
+
+    def _cancel_requested(self, run_id: str) -> bool:
+        latest = self.store.get(run_id)
+        return bool(latest and latest.cancel_requested)
+
+    def _on_engine_event(self, event: Event) -> None:
+        data = event.to_dict()
+        if event.kind in TERMINAL_EVENTS:
+            # Sent after the store records the end, so a client reacting to it reads the final state.
+            self._held[event.run_id] = data
+            return
+        self.publish(data)
+
+
+def make_event(kind: str, run_id: str, **data: Any) -> dict:
+    return Event(kind, run_id, data=data).to_dict()

@@ -1,0 +1,133 @@
+"""Putting the server together and running it: `serve()` for `loom serve`, `build()` for tests.
+
+One process holds one Executor (warm cache and models), one SQLite run store, one
+dispatcher and the web app. A lock file in the data folder keeps a second server off
+the same queue (two would re-queue each other's running runs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from engine import Executor, Registry, Settings
+from engine.errors import LoomError
+
+from .app import create_app
+from .config import GraphLimits, ServerConfig
+from .dispatch import LocalDispatcher, make_event
+from .events import EventHub
+from .service import RunService
+from .store import QUEUED, RunStore
+
+log = logging.getLogger("loom.server")
+
+
+@dataclass
+class Server:
+    config: ServerConfig
+    settings: Settings
+    executor: Executor
+    store: RunStore
+    hub: EventHub
+    dispatcher: LocalDispatcher
+    service: RunService
+    app: Any
+
+    def start(self) -> None:
+        """Recover runs a crash left behind, then start the worker."""
+        for run in self.store.recover(self.config.max_attempts):
+            log.warning("run %s was interrupted; now %s", run.id, run.status)
+            if run.status != QUEUED:
+                self.hub.publish(make_event(f"run_{run.status}", run.id, message=(run.error or {})
+                                            .get("message", "")))
+        self.dispatcher.start()
+
+    def stop(self) -> None:
+        self.dispatcher.stop()
+
+
+def build(config: ServerConfig, settings: Settings, registry: Registry) -> Server:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (settings.output_dir, settings.input_dir):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    executor = Executor(registry=registry, settings=settings)
+    store = RunStore(config.db_path)
+    hub = EventHub(config.event_queue_size)
+    dispatcher = LocalDispatcher(store, executor, output_dir=Path(settings.output_dir),
+                                 publish=hub.publish, finished=hub.run_finished)
+    service = RunService(config, executor, store, dispatcher, hub)
+    server = Server(config, settings, executor, store, hub, dispatcher, service, app=None)
+    server.app = create_app(config, service, hub, on_start=server.start, on_stop=server.stop)
+    return server
+
+
+def engine_settings(settings: Settings | None, data_dir: Path, models_dirs: Iterable[Path]) -> Settings:
+    """The engine settings the server runs with: folders made absolute, models from the flags."""
+    settings = settings if settings is not None else Settings(
+        output_dir=data_dir / "outputs", input_dir=data_dir / "inputs")
+    return dataclasses.replace(
+        settings, output_dir=Path(settings.output_dir).resolve(),
+        input_dir=Path(settings.input_dir).resolve(),
+        models_dirs=[Path(d).resolve() for d in models_dirs])
+
+
+def node_registry(modules: Iterable[str] = (), installed: bool = True) -> Registry:
+    """Installed node packs (entry points), plus node modules named on the command line."""
+    registry = Registry.default() if installed else Registry()
+    for name in modules:
+        try:
+            registry.load_module(name)
+        except ImportError as exc:
+            raise LoomError(f"cannot import node module {name!r}: {exc}") from None
+    return registry
+
+
+def serve(host: str, port: int, data_dir: Path, models_dirs: list[Path], token: str | None,
+          settings: Settings | None = None, *, node_modules: Iterable[str] = (),
+          installed_nodes: bool = True, log_level: str = "info", **options: Any) -> None:
+    """Run the server until interrupted. Raises LoomError for an unsafe or impossible setup.
+
+    `options` are further `ServerConfig` fields (allowed_hosts, limits, max_attempts, ...).
+    """
+    import uvicorn
+
+    data_dir = Path(data_dir).resolve()
+    config = ServerConfig(host=host, port=port, data_dir=data_dir, token=token or None, **options)
+    config.check_bind()
+    settings = engine_settings(settings, data_dir, models_dirs)
+    registry = node_registry(node_modules, installed_nodes)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = hold_data_dir(data_dir)
+    try:
+        server = build(config, settings, registry)
+        uv = uvicorn.Config(server.app, host=host, port=port, log_level=log_level,
+                            proxy_headers=False, server_header=False, date_header=False,
+                            lifespan="on", ws="websockets-sansio", timeout_graceful_shutdown=5,
+                            ws_max_size=1 << 20)
+        log.info("serving %d node types, data in %s", len(list(registry)), data_dir)
+        uvicorn.Server(uv).run()
+    finally:
+        os.close(lock)
+
+
+def hold_data_dir(data_dir: Path) -> int:
+    """An exclusive lock on the data folder for this process's lifetime (freed even on kill -9)."""
+    import fcntl
+
+    fd = os.open(data_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LoomError(f"another Loom server is using {data_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+__all__ = ["serve", "build", "Server", "ServerConfig", "GraphLimits", "engine_settings",
+           "node_registry"]

@@ -1,0 +1,121 @@
+"""Request and response bodies of the HTTP API; they generate its OpenAPI schema.
+
+Graph documents and node outputs stay plain JSON objects here: the engine owns their
+shape and validates them (`engine.Graph.from_dict`), the API does not restate it.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .store import RunRecord
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class SubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    graph: dict[str, Any] = Field(description="a Loom graph document: {loom: 1, params, nodes}")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="values for the graph's declared params")
+
+
+class Submitted(BaseModel):
+    id: str
+    status: RunStatus
+
+
+class ProblemView(BaseModel):
+    message: str
+    node: str | None = None
+    input: str | None = None
+    hint: str | None = None
+    file: str | None = None
+
+
+class Problems(BaseModel):
+    error: str = Field(description="invalid_graph or invalid_request")
+    problems: list[ProblemView]
+
+
+class ErrorView(BaseModel):
+    error: str
+    message: str
+    run: str | None = None
+
+
+class RunError(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="node_failed, cancelled, interrupted, invalid_graph, internal")
+    message: str | None = None
+    node: str | None = Field(default=None, description="id of the node that failed")
+    type: str | None = Field(default=None, description="its node type")
+    traceback: str | None = None
+    problems: list[ProblemView] | None = None
+
+
+class RunSummary(BaseModel):
+    id: str
+    seq: int = Field(description="position in submission order; page with `before`")
+    status: RunStatus
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = Field(description="times a worker started this run")
+    cancel_requested: bool = False
+    error: RunError | None = None
+
+    @classmethod
+    def of(cls, run: RunRecord) -> "RunSummary":
+        return cls(id=run.id, seq=run.seq, status=run.status, created_at=run.created_at,
+                   started_at=run.started_at, finished_at=run.finished_at, attempts=run.attempts,
+                   cancel_requested=run.cancel_requested, error=run.error)
+
+
+class RunView(RunSummary):
+    ran: list[str] = Field(default_factory=list, description="nodes that ran")
+    cached: list[str] = Field(default_factory=list, description="nodes answered from the cache")
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds per node")
+    outputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="output node id -> output name -> value; files are "
+                                          "{file, url}, other non-JSON values {type, shape, ...}")
+    files: list[str] = Field(default_factory=list, description="output files, for /outputs/{name}")
+    notes: list[str] = Field(default_factory=list, description="what happened to it (re-queued ...)")
+    graph: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, run: RunRecord, *, with_graph: bool = True) -> "RunView":
+        r = run.result
+        return cls(**RunSummary.of(run).model_dump(), ran=r.get("ran", []),
+                   cached=r.get("cached", []), timings=r.get("timings", {}),
+                   outputs=r.get("outputs", {}), files=r.get("files", []), notes=run.notes,
+                   graph=run.graph if with_graph else None, params=run.params if with_graph else None)
+
+
+class RunList(BaseModel):
+    runs: list[RunSummary]
+    next: int | None = Field(description="pass as `before` for the next page; null on the last")
+
+
+class NodeCatalogue(BaseModel):
+    nodes: list[dict[str, Any]] = Field(description="one JSON Schema description per node type")
+
+
+class ModelList(BaseModel):
+    models: dict[str, list[str]] = Field(description="model kind (folder) -> names")
+
+
+class Uploaded(BaseModel):
+    name: str = Field(description="the file name to give a load-image node")
+    width: int
+    height: int
+    format: str = Field(description="format the upload was sniffed as; stored as PNG")
+    bytes: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
