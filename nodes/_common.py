@@ -53,3 +53,24 @@ def seeded_noise(shape: tuple[int, ...], seed: int, offsets: list[int]) -> tuple
     noise = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32)
                        for g in generators])
     return noise, generators
+
+
+class on_device:
+    """Keep modules on the run's device while in use; with the cpu_offload option they live
+    on the CPU and visit the device only for the duration of the block."""
+
+    def __init__(self, ctx: Any, *modules: Any):
+        self.device = ctx.settings.device
+        self.offload = bool(option(ctx.settings, "cpu_offload")) and self.device != "cpu"
+        self.modules = [m for m in modules if m is not None]
+
+    def __enter__(self):
+        for m in self.modules:
+            m.to(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        if self.offload:
+            for m in self.modules:
+                m.to("cpu")
+        return False

@@ -119,8 +119,10 @@ class Conditioning:
     original_size   SDXL micro-conditioning [height, width]; None = the image size being sampled
     target_size     idem
     crop_coords     [top, left]
-    aesthetic_score SDXL refiner's micro-conditioning (used when the UNet expects it)
+    aesthetic_score SDXL refiner's micro-conditioning (None: 6.0 positive, 2.5 negative)
     text            the prompt text, for the PNG `parameters` chunk
+    combined        further conditionings whose noise predictions the sampler averages with
+                    this one's (conditioning_combine)
     """
 
     embeds: torch.Tensor
@@ -130,8 +132,13 @@ class Conditioning:
     original_size: list[int] | None = None
     target_size: list[int] | None = None
     crop_coords: list[int] = field(default_factory=lambda: [0, 0])
-    aesthetic_score: float = 6.0
+    aesthetic_score: float | None = None
     text: str = ""
+    combined: list["Conditioning"] = field(default_factory=list)
+
+    def entries(self) -> list["Conditioning"]:
+        """This conditioning and those combined with it (conditioning_combine), flat."""
+        return [dataclasses.replace(self, combined=[]), *self.combined]
 
     def replace(self, **changes: Any) -> "Conditioning":
         return dataclasses.replace(self, **changes)

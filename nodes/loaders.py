@@ -1,0 +1,251 @@
+"""Loading checkpoints and LoRAs into model handles, fully offline.
+
+A checkpoint is a diffusers folder (model_index.json) or a single file in the original
+Stable Diffusion key layout (.safetensors; pickles only with settings.allow_pickle).
+Single files are read with diffusers' `from_single_file(config=<local folder>)`, the
+folder being one of the small config sets shipped in nodes/configs/ (picked from the
+file's keys) or one named by the `config` input (nodes/configs/<name> or
+models/configs/<name>). Every load goes through `ctx.models`, keyed by the file's
+content digest, device and dtype, so a file used by two nodes is in memory once.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, NamedTuple
+
+import torch
+from pydantic import Field
+
+from engine.context import Context
+from engine.errors import NodeInputError
+from engine.models import file_digest
+from engine.node import node
+from engine.settings import Settings
+
+from ._common import resolve_model, torch_dtype
+from .types import DiffusionModel, LoraSpec, TextEncoder, Vae
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
+
+
+class CheckpointOutputs(NamedTuple):
+    model: DiffusionModel
+    text_encoder: TextEncoder
+    vae: Vae
+
+
+def _fingerprint_file(kind: str, name: str, settings: Settings | None = None) -> str:
+    """Content digest of the named model (the engine hands fingerprints literal inputs only;
+    `settings`, when the engine passes it, says where the models folders are)."""
+    try:
+        return file_digest(resolve_model(settings or Settings(), kind, name))
+    except NodeInputError:
+        return f"missing:{kind}/{name}"
+
+
+def _checkpoint_fingerprint(name: str, config: str = "auto", settings: Settings | None = None, **_) -> str:
+    return _fingerprint_file("checkpoints", name, settings) + f"|{config}"
+
+
+# ---------------------------------------------------------------------------
+# family detection
+# ---------------------------------------------------------------------------
+
+def single_file_keys(path: Path, allow_pickle: bool) -> dict[str, tuple]:
+    """Key -> shape of a single-file checkpoint, without loading the tensors of a safetensors file."""
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise NodeInputError("name", f"{path.name} is a pickle file, which can run code when "
+                                         "loaded; convert it to .safetensors or opt in with the "
+                                         "allow_pickle setting (it is then read with weights_only)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        while isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file
+        raise NodeInputError("name", f"{path.name} is not a readable safetensors file: {exc}") from None
+
+
+def detect_family(keys: dict[str, tuple]) -> tuple[str, bool]:
+    """("sd1" | "sd2" | "sdxl" | "sdxl_refiner", inpainting?) from original-layout keys."""
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    if not has("model.diffusion_model."):
+        family = None
+    elif has("conditioner.embedders.1.model."):
+        family = "sdxl"
+    elif has("conditioner.embedders.0.model."):
+        family = "sdxl_refiner"
+    elif has("cond_stage_model.model."):
+        family = "sd2"
+    elif has("cond_stage_model.transformer."):
+        family = "sd1"
+    else:
+        family = None
+    if family is None:
+        raise NodeInputError("name", "unknown checkpoint family: expected a Stable Diffusion 1.x, "
+                                     "2.x or SDXL checkpoint in the original key layout "
+                                     "(model.diffusion_model.* with cond_stage_model.* or "
+                                     "conditioner.embedders.*)")
+    conv_in = keys.get("model.diffusion_model.input_blocks.0.0.weight")
+    return family, bool(conv_in and len(conv_in) > 1 and conv_in[1] == 9)
+
+
+def _folder_family(folder: Path) -> str:
+    index = json.loads((folder / "model_index.json").read_text())
+    has_te, has_te2 = bool(index.get("text_encoder", [None])[0]), bool(index.get("text_encoder_2", [None])[0])
+    if has_te2:
+        return "sdxl" if has_te else "sdxl_refiner"
+    if not has_te:
+        raise NodeInputError("name", f"{folder.name}: unknown checkpoint family (model_index.json "
+                                     f"names no text encoder; class {index.get('_class_name')})")
+    te = json.loads((folder / "text_encoder" / "config.json").read_text())
+    return "sd2" if te.get("hidden_size") == 1024 else "sd1"
+
+
+def _config_folder(ctx: Context, config: str, family: str, inpainting: bool) -> Path:
+    if config != "auto":
+        local = CONFIGS_DIR / config
+        if (local / "model_index.json").is_file():
+            return local
+        return resolve_model(ctx, "configs", config, "config")
+    name = family.replace("_", "-") + ("-inpainting" if inpainting else "")
+    folder = CONFIGS_DIR / name
+    if not (folder / "model_index.json").is_file():
+        raise NodeInputError("config", f"no shipped config for a {name} checkpoint "
+                                       f"(have: {', '.join(sorted(p.name for p in CONFIGS_DIR.iterdir() if p.is_dir()))}); "
+                                       "name a config folder with the config input")
+    return folder
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+
+def _pipeline_class(family: str, inpainting: bool):
+    import diffusers
+
+    if family == "sdxl":
+        return diffusers.StableDiffusionXLInpaintPipeline if inpainting else diffusers.StableDiffusionXLPipeline
+    if family == "sdxl_refiner":
+        return diffusers.StableDiffusionXLImg2ImgPipeline
+    return diffusers.StableDiffusionInpaintPipeline if inpainting else diffusers.StableDiffusionPipeline
+
+
+def _load_components(path: Path, family: str, config_dir: Path | None, dtype: torch.dtype) -> dict:
+    """unet, vae, tokenizers, text encoders and the scheduler config of one checkpoint (CPU)."""
+    import diffusers
+    import transformers
+
+    if config_dir is None:  # a diffusers folder: load each component, no pipeline needed
+        kw = dict(local_files_only=True, torch_dtype=dtype)
+        comps = {
+            "unet": diffusers.UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
+            "vae": diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),
+            "scheduler_config": dict(diffusers.DDIMScheduler.load_config(path, subfolder="scheduler",
+                                                                           local_files_only=True)),
+            "tokenizers": [], "encoders": [],
+        }
+        if family != "sdxl_refiner":
+            comps["tokenizers"].append(transformers.CLIPTokenizer.from_pretrained(
+                path, subfolder="tokenizer", local_files_only=True))
+            comps["encoders"].append(transformers.CLIPTextModel.from_pretrained(
+                path, subfolder="text_encoder", **kw))
+        if family in ("sdxl", "sdxl_refiner"):
+            comps["tokenizers"].append(transformers.CLIPTokenizer.from_pretrained(
+                path, subfolder="tokenizer_2", local_files_only=True))
+            comps["encoders"].append(transformers.CLIPTextModelWithProjection.from_pretrained(
+                path, subfolder="text_encoder_2", **kw))
+        return comps
+    inpainting = family.endswith("-inpainting")
+    family = family.removesuffix("-inpainting")
+    pipe = _pipeline_class(family, inpainting).from_single_file(
+        str(path), config=str(config_dir), local_files_only=True, torch_dtype=dtype)
+    tokenizers = [t for t in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)) if t is not None]
+    encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if e is not None]
+    return {"unet": pipe.unet, "vae": pipe.vae, "scheduler_config": dict(pipe.scheduler.config),
+            "tokenizers": tokenizers, "encoders": encoders}
+
+
+def load_checkpoint_handles(ctx: Context, name: str, config: str = "auto") -> CheckpointOutputs:
+    """What the load_checkpoint node returns; callable from other nodes and tests."""
+    path = resolve_model(ctx, "checkpoints", name)
+    device, dtype = ctx.settings.device, torch_dtype(ctx.settings)
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise NodeInputError("name", f"{path.name} is a folder without model_index.json "
+                                         "(not a diffusers checkpoint)")
+        family, inpainting, config_dir = _folder_family(path), None, None
+    else:
+        family, inpainting = detect_family(single_file_keys(path, ctx.settings.allow_pickle))
+        config_dir = _config_folder(ctx, config, family, inpainting)
+    digest = file_digest(path)
+    identity = f"{digest}|{config_dir.name if config_dir else ''}|{device}|{dtype}"
+
+    def load() -> dict:
+        comps = _load_components(path, family + ("-inpainting" if inpainting else ""), config_dir, dtype)
+        for module in (comps["unet"], comps["vae"], *comps["encoders"]):
+            module.eval().requires_grad_(False)
+            if not ctx.settings.options.get("cpu_offload"):
+                module.to(device)
+        return comps
+
+    comps = ctx.models.get(("checkpoint", identity), load)
+    vae = Vae(comps["vae"], identity=f"vae:{identity}", device=device, dtype=dtype)
+    model = DiffusionModel(comps["unet"], dict(comps["scheduler_config"]), family,
+                           latent_scale=vae.scale_factor, identity=f"unet:{identity}",
+                           device=device, dtype=dtype)
+    text_encoder = TextEncoder(comps["tokenizers"], comps["encoders"], family,
+                               identity=f"te:{identity}", device=device, dtype=dtype)
+    return CheckpointOutputs(model, text_encoder, vae)
+
+
+@node("load_checkpoint", category="loaders", version=1, fingerprint=_checkpoint_fingerprint)
+def load_checkpoint(ctx: Context, name: str,
+                    config: Annotated[str, Field(description="config folder for a single file: "
+                                                             "'auto' picks one from its keys")] = "auto"
+                    ) -> CheckpointOutputs:
+    """Load a Stable Diffusion checkpoint (diffusers folder or single .safetensors file) from
+    models/checkpoints: the UNet, the text encoder(s) and the VAE as separate outputs."""
+    return load_checkpoint_handles(ctx, name, config)
+
+
+# ---------------------------------------------------------------------------
+# LoRA
+# ---------------------------------------------------------------------------
+
+class LoraOutputs(NamedTuple):
+    model: DiffusionModel
+    text_encoder: TextEncoder
+
+
+def _lora_fingerprint(name: str, settings: Settings | None = None, **_) -> str:
+    return _fingerprint_file("loras", name, settings)
+
+
+@node("load_lora", category="loaders", version=1, fingerprint=_lora_fingerprint)
+def load_lora(ctx: Context, model: DiffusionModel, text_encoder: TextEncoder, name: str,
+              strength_model: Annotated[float, Field(ge=-10, le=10)] = 1.0,
+              strength_clip: Annotated[float, Field(ge=-10, le=10)] = 1.0) -> LoraOutputs:
+    """Apply a LoRA from models/loras (diffusers, kohya or LCM-LoRA .safetensors) to the model and
+    the text encoder with its own strengths. Chain the node to stack several LoRAs; the base
+    model in memory is shared and left unchanged."""
+    path = resolve_model(ctx, "loras", name)
+    if path.suffix in PICKLE_SUFFIXES and not ctx.settings.allow_pickle:
+        raise NodeInputError("name", f"{path.name} is a pickle file; convert it to .safetensors "
+                                     "or opt in with the allow_pickle setting")
+    from . import lora as lora_mod
+
+    spec = LoraSpec(name=name, path=str(path), digest=file_digest(path),
+                    strength_model=strength_model, strength_clip=strength_clip)
+    lora_mod.check_lora(ctx, spec)
+    return LoraOutputs(model.with_patch(loras=[spec]), text_encoder.with_patch(loras=[spec]))

@@ -1,0 +1,107 @@
+"""LoRA activation: the adapters a handle names are switched on around each use of its modules.
+
+The UNet and text encoders in memory are shared by every handle loaded from the same
+checkpoint, so a LoRA is never fused into them. Each LoRA file is loaded once per module
+as a peft adapter (named after its content digest); before a node uses a module it calls
+`activate_*`, which enables exactly the handle's adapters with the handle's strengths
+(or disables all adapters for a handle without LoRAs).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from engine.context import Context
+from engine.errors import NodeInputError
+
+from .types import DiffusionModel, LoraSpec, TextEncoder
+
+_lock = threading.RLock()
+_TE_PREFIXES = ("text_encoder", "text_encoder_2")
+
+
+def _adapter_name(spec: LoraSpec) -> str:
+    return "lora_" + spec.digest[:16]
+
+
+def _state_dict(ctx: Context | None, spec: LoraSpec, family: str) -> tuple[dict, Any]:
+    """The LoRA in diffusers' key layout (kohya / A1111 files are converted by diffusers)."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+
+    loader = StableDiffusionXLLoraLoaderMixin if family.startswith("sdxl") else StableDiffusionLoraLoaderMixin
+
+    def load():
+        state, alphas = loader.lora_state_dict(spec.path)
+        return state, alphas
+
+    if ctx is None:
+        return load()
+    return ctx.models.get(("lora", spec.digest, family), load)
+
+
+def check_lora(ctx: Context, spec: LoraSpec) -> None:
+    """Fail early (naming the input) when the file is not a LoRA diffusers can read."""
+    try:
+        state, _ = _state_dict(ctx, spec, "sd1")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file
+        raise NodeInputError("name", f"{spec.name} is not a LoRA file diffusers can read: {exc}") from None
+    if not any(k.startswith(("unet.", *[p + "." for p in _TE_PREFIXES])) for k in state):
+        raise NodeInputError("name", f"{spec.name} holds no UNet or text-encoder LoRA weights")
+
+
+def _loaded(module: Any) -> set:
+    return getattr(module, "_loom_adapters", set())
+
+
+def activate_unet(model: DiffusionModel) -> None:
+    """Enable exactly `model.loras` (with strength_model) on the shared UNet."""
+    unet = model.unet
+    with _lock:
+        active = [s for s in model.loras if s.strength_model != 0]
+        for spec in active:
+            name = _adapter_name(spec)
+            if name not in _loaded(unet):
+                state, alphas = _state_dict(None, spec, model.family)
+                unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}
+                if not unet_state:
+                    continue
+                from diffusers.loaders import StableDiffusionLoraLoaderMixin
+                StableDiffusionLoraLoaderMixin.load_lora_into_unet(
+                    unet_state, alphas, unet=unet, adapter_name=name)
+                unet._loom_adapters = _loaded(unet) | {name}
+        names = [_adapter_name(s) for s in active if _adapter_name(s) in _loaded(unet)]
+        if names:
+            unet.enable_lora()
+            unet.set_adapters(names, weights=[s.strength_model for s in active
+                                              if _adapter_name(s) in _loaded(unet)])
+        elif _loaded(unet):
+            unet.disable_lora()
+
+
+def activate_text_encoders(te: TextEncoder) -> None:
+    """Enable exactly `te.loras` (with strength_clip) on each shared text encoder."""
+    from diffusers.loaders.lora_base import (disable_lora_for_text_encoder, enable_lora_for_text_encoder,
+                                             set_adapters_for_text_encoder)
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    with _lock:
+        active = [s for s in te.loras if s.strength_clip != 0]
+        prefixes = ("text_encoder_2",) if te.family == "sdxl_refiner" else _TE_PREFIXES
+        for prefix, encoder in zip(prefixes, te.encoders):
+            for spec in active:
+                name = _adapter_name(spec)
+                if name in _loaded(encoder):
+                    continue
+                state, alphas = _state_dict(None, spec, te.family)
+                if not any(k.startswith(prefix + ".") for k in state):
+                    continue
+                StableDiffusionLoraLoaderMixin.load_lora_into_text_encoder(
+                    state, alphas, encoder, prefix=prefix, adapter_name=name)
+                encoder._loom_adapters = _loaded(encoder) | {name}
+            usable = [s for s in active if _adapter_name(s) in _loaded(encoder)]
+            if usable:
+                enable_lora_for_text_encoder(encoder)
+                set_adapters_for_text_encoder([_adapter_name(s) for s in usable], encoder,
+                                              [s.strength_clip for s in usable])
+            elif _loaded(encoder):
+                disable_lora_for_text_encoder(encoder)
