@@ -1,0 +1,112 @@
+"""The disk tier: what one process computes, the next reuses; corruption is a miss, never a crash."""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import Cache, DiskCache, Executor, MemoryCache
+from engine.explain import RunHistory
+from engine.serialize import Unpersistable, pack, unpack
+
+from .helpers import chain
+
+
+@dataclasses.dataclass
+class Holder:
+    tensor: torch.Tensor
+    label: str
+    extra: dict
+
+
+@pytest.mark.parametrize("value", [
+    torch.arange(12, dtype=torch.float32).reshape(3, 4),
+    torch.ones(2, 3, dtype=torch.bfloat16),
+    torch.zeros(0, 4, dtype=torch.int64),
+    torch.tensor(True),
+])
+def test_tensors_round_trip_with_dtype_and_shape(value):
+    back = unpack(pack({"v": value}))["v"]
+    assert back.dtype == value.dtype and back.shape == value.shape and torch.equal(back, value)
+
+
+def test_arrays_images_dataclasses_and_tuples_round_trip():
+    array = np.random.default_rng(0).random((3, 5)).astype(np.float16)
+    image = Image.new("RGB", (7, 5), (10, 20, 30))
+    palette = Image.new("P", (4, 4))
+    holder = Holder(torch.ones(2), "x", {"k": (1, 2)})
+    back = unpack(pack({"a": array, "i": image, "p": palette, "h": holder, "t": (1, "b")}))
+    assert np.array_equal(back["a"], array) and back["a"].dtype == array.dtype
+    assert back["i"].tobytes() == image.tobytes() and back["p"].mode == "P"
+    assert back["h"].label == "x" and torch.equal(back["h"].tensor, holder.tensor)
+    assert back["h"].extra == {"k": (1, 2)} and back["t"] == (1, "b")
+
+
+def test_models_and_other_objects_are_not_persisted(tmp_path):
+    with pytest.raises(Unpersistable):
+        pack({"model": torch.nn.Linear(2, 2)})
+    disk = DiskCache(tmp_path)
+    assert disk.put("k" * 32, {"model": torch.nn.Linear(2, 2)}) is False
+    assert not disk.contains("k" * 32)
+
+
+def test_corrupt_and_truncated_entries_are_dropped(tmp_path):
+    disk = DiskCache(tmp_path)
+    for key, damage in [("a" * 32, lambda b: b[:-3]), ("b" * 32, lambda b: b[:10] + b"X" + b[11:]),
+                        ("c" * 32, lambda b: b"garbage")]:
+        disk.put(key, {"value": list(range(100))})
+        path = disk._path(key)
+        path.write_bytes(damage(path.read_bytes()))
+        assert disk.get(key) is None
+        assert not path.exists()
+
+
+def test_budget_evicts_least_recently_used(tmp_path):
+    disk = DiskCache(tmp_path, budget_bytes=4000)
+    for i in range(4):
+        disk.put(f"{i:032d}", {"v": b"x" * 900})
+        os.utime(disk._path(f"{i:032d}"), (i, i))  # distinct, ordered use times
+    disk.get(f"{0:032d}")                           # touch the oldest: now most recent
+    disk.put("f" * 32, {"v": b"x" * 900})
+    info = disk.info()
+    assert info["bytes"] <= 4000 and info["entries"] == 4
+    assert disk.contains(f"{0:032d}") and not disk.contains(f"{1:032d}")
+
+
+def test_no_temporary_files_left_behind(tmp_path):
+    disk = DiskCache(tmp_path)
+    disk.put("d" * 32, {"v": 1})
+    assert [p.name for p in (tmp_path / "entries").rglob("*")
+            if p.is_file()] == ["d" * 32]
+
+
+def fresh_executor(registry, folder):
+    """What a new `loom run` process gets: empty memory, the same folder on disk."""
+    return Executor(registry=registry, cache=Cache(MemoryCache(), DiskCache(folder / "results")),
+                    history=RunHistory(folder / "history"))
+
+
+def test_a_new_process_reruns_only_dirty_nodes(registry, tmp_path):
+    g = chain(6, registry)
+    assert len(fresh_executor(registry, tmp_path).run(g.build()).ran) == 7
+    assert fresh_executor(registry, tmp_path).run(g.build()).ran == []
+    g.set("n3", "b", 2)
+    result = fresh_executor(registry, tmp_path).run(g.build())
+    assert result.ran == ["n3", "n4", "n5", "out"]
+    assert result.cached == ["n2"]
+    assert result.reasons["n3"] == "input `b` changed"
+
+
+def test_corrupt_upstream_entry_is_recomputed(registry, tmp_path):
+    g = chain(4, registry)
+    fresh_executor(registry, tmp_path).run(g.build())
+    g.set("n3", "b", 7)
+    ex = fresh_executor(registry, tmp_path)
+    plan = ex.plan(g.build())
+    n2 = ex.cache.disk._path(plan.key("n2"))
+    n2.write_bytes(b"LOOMC001" + b"\0" * 40)
+    result = ex.run(g.build())
+    assert result.outputs["out"]["value"] == 10.0
+    assert result.ran == ["n2", "n3", "out"] and result.cached == ["n1"]
