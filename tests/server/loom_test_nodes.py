@@ -76,3 +76,12 @@ def tensor(n: int = 3) -> object:
     import numpy as np
 
     return np.zeros((n, 2), dtype="float32")
+
+
+@node("test.chatter", category="test", cache=False)
+def chatter(ctx: Context, events: Annotated[int, Field(ge=1, le=1_000_000)] = 1000,
+            pad: str = "") -> int:
+    """Report progress `events` times as fast as it can (a flood for slow event clients)."""
+    for i in range(events):
+        ctx.progress(i + 1, events, pad=pad)
+    return events
