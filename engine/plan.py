@@ -65,9 +65,12 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot key a literal of type {type(value).__name__}")
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_jsonable)
+
+
 def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_jsonable,
-                      allow_nan=True)
+    """One spelling per value: sorted keys, no spaces; 1 and 1.0 stay distinct."""
+    return _CANONICAL.encode(value)
 
 
 def compute_fingerprints(checked: CheckedGraph, order: list[str]) -> dict[str, str | None]:
