@@ -114,7 +114,7 @@ class Executor:
 
     def plan(self, graph: Graph, params: dict[str, Any] | None = None,
              nonce: str | None = None) -> Plan:
-        return make_plan(self.check(graph, params), nonce or uuid.uuid4().hex)
+        return make_plan(self.check(graph, params), nonce or uuid.uuid4().hex, self.settings)
 
     def explain(self, graph: Graph, params: dict[str, Any] | None = None) -> dict[str, Explanation]:
         """What the next run would do for each node, and why, without running anything."""

@@ -102,6 +102,7 @@ class NodeSpec:
     fingerprint: Callable[..., str] | None = None
     cacheable: bool = True
     wants_ctx: bool = False
+    fingerprint_wants_settings: bool = False
     migrations: dict[int, Callable[[dict], dict]] = field(default_factory=dict)
 
     def migration(self, from_version: int):
@@ -195,10 +196,11 @@ def _build_spec(fn: Callable, type_id: str, *, category: str, version: int, outp
         outputs = {output or _default_output_name(ret): ret}
         single = True
     doc = inspect.getdoc(fn) or ""
+    wants_settings = fingerprint is not None and "settings" in inspect.signature(fingerprint).parameters
     return NodeSpec(type=type_id, version=version, category=category, description=doc,
                     fn=fn, inputs=inputs, outputs=outputs, single_output=single,
                     output_node=output_node, fingerprint=fingerprint, cacheable=cache,
-                    wants_ctx=wants_ctx)
+                    wants_ctx=wants_ctx, fingerprint_wants_settings=wants_settings)
 
 
 def node(type_id: str, *, category: str = "misc", version: int = 1, output: str | None = None,
@@ -211,7 +213,8 @@ def node(type_id: str, *, category: str = "misc", version: int = 1, output: str 
     output       name of the single output (default: snake_case of the return class, or "value")
     output_node  a sink (save, show): what the graph is run for
     fingerprint  fn(**literal_inputs) -> str describing outside state (e.g. a file's hash);
-                 it sees the node's literal inputs only
+                 it sees the node's literal inputs only, plus `settings=` (the run's
+                 Settings: where the models folders are) when it declares that parameter
     cache        False for nodes with unseeded randomness or side effects that must repeat
     """
     def wrap(fn: Callable) -> Callable:

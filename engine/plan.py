@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import GraphError, Problem
+from .settings import Settings
 from .validate import CheckedGraph
 
 
@@ -73,7 +74,8 @@ def canonical(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
-def compute_fingerprints(checked: CheckedGraph, order: list[str]) -> dict[str, str | None]:
+def compute_fingerprints(checked: CheckedGraph, order: list[str],
+                         settings: Settings) -> dict[str, str | None]:
     """Each fingerprinted node's view of outside state; a failure is a graph problem."""
     fingerprints: dict[str, str | None] = {}
     problems = []
@@ -83,6 +85,8 @@ def compute_fingerprints(checked: CheckedGraph, order: list[str]) -> dict[str, s
             fingerprints[node_id] = None
             continue
         literals = checked.literals[node_id]
+        if spec.fingerprint_wants_settings:
+            literals = {**literals, "settings": settings}
         try:
             fingerprints[node_id] = str(spec.fingerprint(**literals))
         except Exception as exc:  # noqa: BLE001 - node-pack code reading outside state
@@ -120,9 +124,9 @@ def assign_keys(plan: Plan) -> Plan:
     return plan
 
 
-def make_plan(checked: CheckedGraph, nonce: str) -> Plan:
+def make_plan(checked: CheckedGraph, nonce: str, settings: Settings) -> Plan:
     order = checked.needed()
-    plan = Plan(checked, order, checked.literals, compute_fingerprints(checked, order), nonce)
+    plan = Plan(checked, order, checked.literals, compute_fingerprints(checked, order, settings), nonce)
     return assign_keys(plan)
 
 

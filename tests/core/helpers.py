@@ -50,6 +50,16 @@ def read_text(path: str) -> str:
     return Path(path).read_text()
 
 
+def _input_fingerprint(name: str, settings) -> str:
+    return file_digest(Path(settings.input_dir) / name)
+
+
+@node("read_input", category="test", fingerprint=_input_fingerprint)
+def read_input(ctx: Context, name: str) -> str:
+    """Reads a file from the run's input folder; the fingerprint finds it through settings."""
+    return (Path(ctx.settings.input_dir) / name).read_text()
+
+
 @node("noise", category="test", cache=False)
 def noise() -> float:
     """Unseeded randomness: never cached."""
@@ -73,7 +83,7 @@ def registry() -> Registry:
     r = Registry()
     for module in (nodes.primitives, nodes.flow):
         r.load_module(module)
-    for fn in (fail, slow, split, read_text, noise, check_at_least, big):
+    for fn in (fail, slow, split, read_text, read_input, noise, check_at_least, big):
         r.register(fn)
     return r
 

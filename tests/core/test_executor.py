@@ -144,6 +144,17 @@ def test_fingerprint_reruns_when_the_file_changes(executor, registry, tmp_path):
     assert "fingerprint changed" in result.reasons["r"]
 
 
+def test_fingerprint_sees_the_run_settings(registry, tmp_path):
+    from engine import Settings
+    (tmp_path / "a.txt").write_text("hello")
+    executor = Executor(registry=registry, settings=Settings(input_dir=tmp_path))
+    g = GraphBuilder(registry)
+    g.add("show", node_id="out", value=g.add("read_input", node_id="r", name="a.txt"))
+    assert executor.run(g.build()).outputs["out"]["value"] == "hello"
+    (tmp_path / "a.txt").write_text("changed")
+    assert executor.run(g.build()).ran == ["r", "out"]
+
+
 def test_fingerprint_failure_is_reported_before_running(executor, registry, tmp_path):
     g = GraphBuilder(registry)
     g.add("show", node_id="out", value=g.add("read_text", node_id="r", path=str(tmp_path / "no")))

@@ -4,7 +4,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import Executor, Graph, GraphError
+from engine import Executor, Graph, GraphError, Settings
 from engine.plan import make_plan
 
 from .helpers import registry as make_registry
@@ -76,7 +76,7 @@ def descendants(doc, node_id):
 
 def keys_of(doc):
     checked = Executor(registry=REGISTRY).check(Graph.from_dict(doc))
-    return make_plan(checked, nonce="n").keys
+    return make_plan(checked, nonce="n", settings=Settings()).keys
 
 
 @PROPERTY_SETTINGS
