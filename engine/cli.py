@@ -180,26 +180,34 @@ def cmd_cache(args) -> int:
 def cmd_serve(args) -> int:
     from server.main import serve
 
-    serve(host=args.host, port=args.port, data_dir=Path(args.data_dir),
+    data_dir = Path(args.data_dir)
+    args.out = args.out or str(data_dir / "outputs")
+    args.input_dir = args.input_dir or str(data_dir / "inputs")
+    serve(host=args.host, port=args.port, data_dir=data_dir,
           models_dirs=[Path(d) for d in (args.models_dir or ["models"])], token=args.token,
           settings=_settings(args))
     return EXIT_OK
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="output", help="folder for saved images (default: ./output)")
-    p.add_argument("--input-dir", default="input", help="folder load-image nodes read from")
+def _add_run_options(p: argparse.ArgumentParser, out: str | None = "output",
+                     inputs: str | None = "input") -> None:
+    p.add_argument("--out", default=out, help=f"folder for saved images (default: {out or 'DATA_DIR/outputs'})")
+    p.add_argument("--input-dir", default=inputs,
+                   help=f"folder load-image nodes read from (default: {inputs or 'DATA_DIR/inputs'})")
     p.add_argument("--models-dir", action="append", help="models folder (repeatable; default ./models)")
     p.add_argument("--extra-model-paths", help="YAML/JSON file: model kind -> extra folders")
-    p.add_argument("--cache-dir", help="result cache folder (default $LOOM_CACHE_DIR or ~/.cache/loom)")
-    p.add_argument("--cache-memory-gb", type=float, default=4.0)
-    p.add_argument("--cache-disk-gb", type=float, default=8.0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--option", action="append", default=[],
                    help="node-family setting, e.g. vae_tiling=true, cpu_offload=true")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickle model files (loaded with weights_only=True)")
+
+
+def _add_cache_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", help="result cache folder (default $LOOM_CACHE_DIR or ~/.cache/loom)")
+    p.add_argument("--cache-memory-gb", type=float, default=4.0)
+    p.add_argument("--cache-disk-gb", type=float, default=8.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--traceback", action="store_true", help="print a failing node's traceback")
     _add_run_options(run)
+    _add_cache_options(run)
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a graph without running it")
@@ -226,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE")
     explain.add_argument("--json", action="store_true")
     _add_run_options(explain)
+    _add_cache_options(explain)
     explain.set_defaults(func=cmd_explain)
 
     nodes = sub.add_parser("nodes", help="list node types with their inputs and outputs")
@@ -243,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default="loom-data")
     serve.add_argument("--token", default=os.environ.get("LOOM_TOKEN"),
                        help="access token (required to bind anything but loopback)")
-    _add_run_options(serve)
+    _add_run_options(serve, out=None, inputs=None)
     serve.set_defaults(func=cmd_serve)
     return parser
 
