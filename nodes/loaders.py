@@ -122,7 +122,7 @@ def _config_folder(ctx: Context, config: str, family: str, inpainting: bool) -> 
     folder = CONFIGS_DIR / name
     if not (folder / "model_index.json").is_file():
         raise NodeInputError("config", f"no shipped config for a {name} checkpoint "
-                                       f"(have: {', '.join(sorted(p.name for p in CONFIGS_DIR.iterdir() if p.is_dir()))}); "
+                                       f"(have: {', '.join(sorted(p.name for p in CONFIGS_DIR.glob('*/') if p.is_dir())) or 'none'}); "
                                        "name a config folder with the config input")
     return folder
 

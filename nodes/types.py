@@ -38,12 +38,24 @@ __all__ = [
 ]
 
 
+class _PortType:
+    """Lets pydantic check an optional port (`Conditioning | None`) by isinstance only: the
+    engine validates values arriving at inputs that also accept a JSON literal (None here),
+    and these classes hold tensors and modules pydantic has no schema for."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source, handler):
+        from pydantic_core import core_schema
+
+        return core_schema.is_instance_schema(cls)
+
+
 # ---------------------------------------------------------------------------
 # values (persistable)
 # ---------------------------------------------------------------------------
 
 @dataclass
-class Image:
+class Image(_PortType):
     """A batch of RGB images: `pixels` float32 [B, H, W, 3] in 0..1 (ComfyUI's layout)."""
 
     pixels: torch.Tensor
@@ -72,14 +84,14 @@ class Image:
 
 
 @dataclass
-class Mask:
+class Mask(_PortType):
     """A batch of masks: `mask` float32 [B, H, W] in 0..1; 1 = regenerate this pixel."""
 
     mask: torch.Tensor
 
 
 @dataclass
-class Latent:
+class Latent(_PortType):
     """Latents as the UNet sees them (already scaled by the VAE's scaling factor).
 
     samples         [B, C, h, w]
@@ -108,7 +120,7 @@ class Latent:
 
 
 @dataclass
-class Conditioning:
+class Conditioning(_PortType):
     """Encoded prompt(s), ready for the UNet's cross-attention.
 
     embeds          [B, T, D] (B is usually 1 and broadcast to the latent batch)
@@ -149,7 +161,7 @@ class Conditioning:
 # ---------------------------------------------------------------------------
 
 @dataclass
-class LoraSpec:
+class LoraSpec(_PortType):
     """One LoRA applied to a model: file identity, where it is, and its weights."""
 
     name: str
@@ -160,7 +172,7 @@ class LoraSpec:
 
 
 @dataclass
-class StepInfo:
+class StepInfo(_PortType):
     """What a UNet hook sees at each denoising step (the CFG pair already batched)."""
 
     sample: torch.Tensor                 # latent model input [2B or B, C, h, w], scaled by the scheduler
@@ -185,7 +197,7 @@ class UNetHook(Protocol):
 
 
 @dataclass(eq=False)
-class DiffusionModel:
+class DiffusionModel(_PortType):
     """A denoising UNet with what the sampler needs to drive it.
 
     family            "sd1", "sd2", "sdxl", "sdxl_refiner" or "tiny" (a small model of SD layout)
@@ -227,7 +239,7 @@ class DiffusionModel:
 
 
 @dataclass(eq=False)
-class TextEncoder:
+class TextEncoder(_PortType):
     """Tokenizer(s) and text encoder(s) of a checkpoint: one for SD 1.x/2.x, two for SDXL.
 
     For SDXL base: encoders = [CLIPTextModel, CLIPTextModelWithProjection]; the refiner has
@@ -252,7 +264,7 @@ class TextEncoder:
 
 
 @dataclass(eq=False)
-class Vae:
+class Vae(_PortType):
     """An AutoencoderKL and its latent conventions.
 
     scale_factor     pixels per latent pixel: 2 ** (len(block_out_channels) - 1)

@@ -1,0 +1,247 @@
+"""Generate tiny random Stable Diffusion models (for tests and for running graphs before the
+trained default model exists), in the real on-disk formats.
+
+    python tools/make_tiny_model.py [--out models/checkpoints] [--name tiny-sd] [--sdxl]
+
+Writes a diffusers folder `<name>/`; with --single-file also `<name>.safetensors` in the
+original SD key layout plus its config folder under models/configs/<name>/ (what
+load_checkpoint's `config` input names). Everything is built from configs with fixed seeds:
+no download. The VAE has three blocks (4x down-sampling: 64x64 pixels -> 16x16x4 latents).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+WORDS = ("a an the of on in with and red green blue yellow white black circle square triangle "
+         "background photo shape small big").split()
+
+
+def make_tokenizer(folder: Path, max_length: int = 24):
+    """A byte-level CLIP tokenizer: 256 byte symbols (+ `</w>`), merges making WORDS single tokens."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(bytes_to_unicode().values())
+    vocab_list = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    seen = set(vocab_list)
+    for word in WORDS:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        current = parts[0]
+        for nxt in parts[1:]:
+            merge = f"{current} {nxt}"
+            current = current + nxt
+            if merge not in merges:
+                merges.append(merge)
+            if current not in seen:
+                seen.add(current)
+                vocab_list.append(current)
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
+    for f in ("vocab.json", "merges.txt"):
+        (folder / f).unlink()
+    return tok
+
+
+def _clip_config(tokenizer, hidden: int = 32, projection: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                          num_hidden_layers=2, num_attention_heads=4,
+                          max_position_embeddings=tokenizer.model_max_length,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, projection_dim=projection or hidden)
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+                         block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=16,
+                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                         scaling_factor=0.5)
+
+
+def _scheduler(prediction_type: str = "v_prediction"):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+def make_sd_pipeline(seed: int = 0, in_channels: int = 4):
+    """A ~1 M-parameter StableDiffusionPipeline (SD 1.x layout), deterministic for a seed."""
+    import tempfile
+
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = make_tokenizer(Path(tmp))
+    text_encoder = CLIPTextModel(_clip_config(tokenizer))
+    unet = UNet2DConditionModel(sample_size=16, in_channels=in_channels, out_channels=4,
+                                block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=32, attention_head_dim=8)
+    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_sdxl_pipeline(seed: int = 0):
+    """A tiny StableDiffusionXLPipeline: two text encoders, pooled embeddings, micro-conditioning."""
+    import tempfile
+
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = make_tokenizer(Path(tmp) / "1")
+        tokenizer_2 = make_tokenizer(Path(tmp) / "2")
+    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=1, norm_num_groups=32,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                attention_head_dim=(2, 4), use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=8 * 6 + 32, cross_attention_dim=64)
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=CLIPTextModel(_clip_config(tokenizer)),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(tokenizer_2, projection=32)),
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=_scheduler("epsilon"),
+        force_zeros_for_empty_prompt=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------------------
+# diffusers -> original (LDM) key layout, for single-file fixtures
+# ---------------------------------------------------------------------------
+
+_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+
+
+def _unet_to_ldm(unet) -> dict:
+    cfg = unet.config
+    lpb = cfg.layers_per_block
+    n = len(cfg.block_out_channels)
+    table: dict[str, str] = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+                             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+                             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+                             "mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
+                             "mid_block.resnets.1": "middle_block.2"}
+    for i in range(n):
+        for j in range(lpb):
+            k = 1 + i * (lpb + 1) + j
+            table[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{k}.0"
+            table[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{k}.1"
+        if i < n - 1:
+            table[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{(i + 1) * (lpb + 1)}.0.op"
+        has_attn = "CrossAttn" in cfg.up_block_types[i]
+        for j in range(lpb + 1):
+            k = i * (lpb + 1) + j
+            table[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{k}.0"
+            table[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{k}.1"
+        if i < n - 1:
+            table[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{i * (lpb + 1) + lpb}.{2 if has_attn else 1}.conv"
+    out = {}
+    for key, value in unet.state_dict().items():
+        new = None
+        for src in sorted(table, key=len, reverse=True):
+            if key.startswith(src + "."):
+                rest = key[len(src) + 1:]
+                if ".resnets." in src or src.startswith("mid_block.resnets"):
+                    head, _, tail = rest.partition(".")
+                    rest = f"{_RESNET.get(head, head)}.{tail}"
+                new = f"{table[src]}.{rest}"
+                break
+        if new is None:
+            raise KeyError(f"no LDM name for UNet key {key}")
+        out["model.diffusion_model." + new] = value
+    return out
+
+
+def _vae_to_ldm(vae) -> dict:
+    n = len(vae.config.block_out_channels)
+    out = {}
+    for key, value in vae.state_dict().items():
+        k = key
+        for i in range(n):
+            k = k.replace(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block.")
+            k = k.replace(f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample.")
+            k = k.replace(f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{n - 1 - i}.block.")
+            k = k.replace(f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample.")
+        k = k.replace("mid_block.resnets.0.", "mid.block_1.").replace("mid_block.resnets.1.", "mid.block_2.")
+        k = k.replace("mid_block.attentions.0.", "mid.attn_1.")
+        k = k.replace("conv_norm_out.", "norm_out.").replace("conv_shortcut.", "nin_shortcut.")
+        if ".attn_1." in k:
+            for a, b in (("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."),
+                         ("to_out.0.", "proj_out.")):
+                k = k.replace(".attn_1." + a, ".attn_1." + b)
+            if k.endswith("weight") and value.ndim == 2:
+                value = value[:, :, None, None]
+        out["first_stage_model." + k] = value
+    return out
+
+
+def to_original_sd(pipe) -> dict:
+    """An SD 1.x pipeline's weights in the original single-file key layout."""
+    state = {**_unet_to_ldm(pipe.unet), **_vae_to_ldm(pipe.vae)}
+    for key, value in pipe.text_encoder.state_dict().items():
+        key = key.removeprefix("text_model.")
+        state["cond_stage_model.transformer.text_model." + key] = value
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def save_configs(pipe, folder: Path) -> Path:
+    """The pipeline's configs and tokenizer without weights: what from_single_file(config=) needs."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.save_pretrained(tmp)
+        for path in Path(tmp).rglob("*"):
+            if path.is_file() and path.suffix not in (".safetensors", ".bin"):
+                target = folder / path.relative_to(tmp)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, target)
+    return folder
+
+
+def main() -> None:
+    from safetensors.torch import save_file
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="models", help="models folder")
+    ap.add_argument("--name", default="tiny-sd")
+    ap.add_argument("--sdxl", action="store_true")
+    ap.add_argument("--single-file", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    models = Path(args.models)
+    pipe = make_sdxl_pipeline(args.seed) if args.sdxl else make_sd_pipeline(args.seed)
+    folder = models / "checkpoints" / args.name
+    pipe.save_pretrained(folder)
+    print(f"wrote {folder}")
+    if args.single_file and not args.sdxl:
+        save_file(to_original_sd(pipe), str(models / "checkpoints" / f"{args.name}.safetensors"))
+        save_configs(pipe, models / "configs" / args.name)
+        print(f"wrote {models / 'checkpoints' / (args.name + '.safetensors')} and models/configs/{args.name}")
+
+
+if __name__ == "__main__":
+    main()
