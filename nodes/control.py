@@ -1,0 +1,171 @@
+"""ControlNet: load a ControlNet, and patch a diffusion model so the sampler applies it.
+
+Applying a ControlNet returns a copy of the model handle with one more UNet hook (the
+shared UNet is untouched). At every UNet call the hook runs the ControlNet on the same
+latent input, timestep and prompt embeddings, scales its residuals by `strength` while
+the step lies inside [start, end) of the schedule (diffusers' control_guidance_start/end
+rule), and hands them to the sampler, which sums the residuals of every hook. Several
+ControlNets at once are several chained apply nodes, each with its own hint, strength and
+range, exactly what diffusers' MultiControlNetModel computes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from engine.context import Context
+from engine.errors import NodeInputError
+from engine.models import file_digest
+from engine.node import node
+from engine.settings import Settings
+
+from ._common import resolve_model, torch_dtype
+from .control_types import ControlNet
+from .types import DiffusionModel, Image, StepInfo
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def fingerprint_model(kind: str, name: str) -> str:
+    """Content digest of models/<kind>/<name> as the planner sees it (default settings)."""
+    try:
+        return file_digest(resolve_model(Settings(), kind, name))
+    except NodeInputError:
+        return f"missing:{kind}/{name}"
+
+
+def _single_file_config(ctx: Context, path: Path, config: str) -> Path:
+    """The config folder or file for a single-file ControlNet: the `config` input (a folder
+    under models/configs) or a `<name>.json` / `<name>/config.json` beside the file."""
+    if config != "auto":
+        return resolve_model(ctx, "configs", config, "config")
+    for candidate in (path.with_suffix(".json"), path.with_suffix("") / "config.json"):
+        if candidate.is_file():
+            return candidate
+    raise NodeInputError("config", f"{path.name} is a single file and no config was found beside it "
+                                   f"({path.with_suffix('.json').name}); name a config folder under "
+                                   "models/configs with the config input")
+
+
+def load_controlnet_model(ctx: Context, path: Path, config: str = "auto"):
+    from diffusers import ControlNetModel
+
+    dtype = torch_dtype(ctx.settings)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise NodeInputError("name", f"{path.name} is a folder without config.json "
+                                         "(not a diffusers ControlNet)")
+        return ControlNetModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+    if path.suffix in PICKLE_SUFFIXES:
+        if not ctx.settings.allow_pickle:
+            raise NodeInputError("name", f"{path.name} is a pickle file, which can run code when loaded; "
+                                         "convert it to .safetensors or opt in with the allow_pickle setting")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    cfg_path = _single_file_config(ctx, path, config)
+    if "controlnet_cond_embedding.conv_in.weight" in state:   # diffusers key layout
+        cfg_file = cfg_path if cfg_path.is_file() else cfg_path / "config.json"
+        model = ControlNetModel.from_config(json.loads(cfg_file.read_text()))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise NodeInputError("name", f"{path.name} does not fit its config: missing {missing[:3]}, "
+                                         f"unexpected {unexpected[:3]}")
+        return model.to(dtype)
+    # original (ldm) key layout: diffusers converts it given a local config
+    return ControlNetModel.from_single_file(str(path), config=str(cfg_path if cfg_path.is_dir() else cfg_path.parent),
+                                            local_files_only=True, torch_dtype=dtype)
+
+
+def _controlnet_fingerprint(name: str, config: str = "auto", **_) -> str:
+    return fingerprint_model("controlnet", name) + f"|{config}"
+
+
+@node("load_controlnet", category="control", version=1, fingerprint=_controlnet_fingerprint)
+def load_controlnet(ctx: Context, name: str,
+                    config: Annotated[str, Field(description="config for a single file: 'auto' reads "
+                                                             "<name>.json beside it")] = "auto") -> ControlNet:
+    """Load a ControlNet from models/controlnet: a diffusers folder, or a single .safetensors
+    file (diffusers or original key layout) with its config; pickles only with allow_pickle."""
+    path = resolve_model(ctx, "controlnet", name)
+    device, dtype = ctx.settings.device, torch_dtype(ctx.settings)
+    identity = f"{file_digest(path)}|{config}|{device}|{dtype}"
+
+    def load():
+        model = load_controlnet_model(ctx, path, config)
+        return model.eval().requires_grad_(False).to(device)
+
+    model = ctx.models.get(("controlnet", identity), load)
+    return ControlNet(model, identity=f"controlnet:{identity}", device=device, dtype=dtype)
+
+
+class ControlNetHook:
+    """The UNet hook one apply_controlnet node adds: residuals of one ControlNet for one hint."""
+
+    def __init__(self, controlnet: ControlNet, hint: torch.Tensor, strength: float,
+                 start: float, end: float):
+        self.controlnet = controlnet
+        self.hint = hint            # [B, 3, H, W] in 0..1, CPU
+        self.strength = strength
+        self.start = start
+        self.end = end
+
+    def active(self, step: StepInfo) -> bool:
+        # diffusers: keep = 1 - (i / n < start or (i + 1) / n > end)
+        i, n = step.step_index, step.total_steps
+        return not (i / n < self.start or (i + 1) / n > self.end)
+
+    def condition(self, model: DiffusionModel, step: StepInfo) -> torch.Tensor:
+        """The hint at the sampled image size, batched like the UNet input (CFG pairs included)."""
+        h, w = (s * model.latent_scale for s in step.sample.shape[-2:])
+        hint = self.hint
+        if hint.shape[-2:] != (h, w):
+            hint = F.interpolate(hint, size=(h, w), mode="bilinear", align_corners=False)
+        rows = step.sample.shape[0]
+        groups = 2 if step.cfg_batched else 1
+        per_group = rows // groups
+        if hint.shape[0] != per_group:
+            hint = hint[:1].repeat(per_group, 1, 1, 1)
+        hint = torch.cat([hint] * groups)
+        return hint.to(device=model.device, dtype=self.controlnet.model.dtype)
+
+    def __call__(self, model: DiffusionModel, step: StepInfo) -> dict:
+        if self.strength == 0 or not self.active(step):
+            return {}
+        net = self.controlnet.model
+        sample = step.sample[:, :net.config.in_channels]    # an inpainting UNet's extra channels are not ControlNet input
+        kwargs = {}
+        if step.added_cond_kwargs is not None and getattr(net.config, "addition_embed_type", None):
+            kwargs["added_cond_kwargs"] = step.added_cond_kwargs
+        down, mid = net(sample.to(net.dtype), step.timestep, encoder_hidden_states=step.encoder_hidden_states,
+                        controlnet_cond=self.condition(model, step), conditioning_scale=self.strength,
+                        guess_mode=False, return_dict=False, **kwargs)
+        return {"down_block_additional_residuals": list(down), "mid_block_additional_residual": mid}
+
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+@node("apply_controlnet", category="control", version=1)
+def apply_controlnet(model: DiffusionModel, controlnet: ControlNet, hint: Image,
+                     strength: Annotated[float, Field(ge=0, le=10)] = 1.0,
+                     start: Fraction = 0.0, end: Fraction = 1.0) -> DiffusionModel:
+    """Patch the model with a ControlNet guided by `hint` (an edge map, depth map, pose ...,
+    0..1 pixels; resized to the sampled size) at `strength`, active from `start` to `end`
+    (fractions of the schedule). Chain several for multi-ControlNet."""
+    if start >= end:
+        raise NodeInputError("end", f"end ({end}) must be after start ({start})")
+    cross = getattr(controlnet.model.config, "cross_attention_dim", None)
+    unet_cross = getattr(model.unet.config, "cross_attention_dim", None)
+    if cross is not None and unet_cross is not None and cross != unet_cross:
+        raise NodeInputError("controlnet", f"this ControlNet was made for a model with cross-attention "
+                                           f"width {cross}, the model has {unet_cross} (wrong model family?)")
+    pixels = hint.pixels.permute(0, 3, 1, 2).float().contiguous()
+    return model.with_patch(hooks=[ControlNetHook(controlnet, pixels, strength, start, end)])

@@ -1,0 +1,125 @@
+"""Tiny-model fixtures for the control, adapter, upscale and quality tests, built once per session.
+
+Everything is random but seeded, saved in the real on-disk formats under a temporary models
+folder, and loaded back through the real loader nodes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+torch.set_num_threads(1)
+
+GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
+
+
+def randomise_zero_convs(controlnet, seed: int) -> None:
+    """A fresh ControlNet's output convolutions are zero (no effect until trained): give them weights."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                       controlnet.controlnet_cond_embedding.conv_out]:
+            module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 0.3)
+            module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
+
+
+def make_controlnet(unet, vae_factor: int, seed: int):
+    from diffusers import ControlNetModel
+
+    n = vae_factor.bit_length()          # factor 4 -> 3 embedding stages (2 down-samplings)
+    torch.manual_seed(seed)
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32)[:n])
+    randomise_zero_convs(cn, seed)
+    return cn.eval()
+
+
+def make_clip_vision(folder: Path, seed: int = 0):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, projection_dim=24)
+    model = CLIPVisionModelWithProjection(cfg).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Namespace of the tiny components (the pipeline and ControlNets) and the models folder."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from tools.make_tiny_model import make_sd_pipeline
+
+    root = tmp_path_factory.mktemp("models")
+    pipe = make_sd_pipeline(seed=0)
+    for name in ("tiny-sd", "shapes-tiny"):
+        pipe.save_pretrained(root / "checkpoints" / name)
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    cn1 = make_controlnet(pipe.unet, factor, seed=1)
+    cn2 = make_controlnet(pipe.unet, factor, seed=2)
+    cn1.save_pretrained(root / "controlnet" / "tiny-cn")
+    cn1.save_pretrained(root / "controlnet" / "shapes-tiny-canny")
+    cn2.save_pretrained(root / "controlnet" / "tiny-cn-2")
+    save_file(cn1.state_dict(), str(root / "controlnet" / "tiny-cn-single.safetensors"))
+    (root / "controlnet" / "tiny-cn-single.json").write_text(json.dumps(dict(cn1.config)))
+    return SimpleNamespace(root=root, pipe=pipe, cn1=cn1, cn2=cn2, factor=factor)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tiny) -> Path:
+    return tiny.root
+
+
+@pytest.fixture(scope="session")
+def shared_models(models_dir):
+    from engine.models import ModelManager, ModelPaths
+
+    return ModelManager(ModelPaths([models_dir]), capacity=32)
+
+
+@pytest.fixture(scope="session")
+def settings_factory(models_dir, tmp_path_factory):
+    from engine import Settings
+
+    def make(**changes):
+        base = tmp_path_factory.mktemp("run")
+        (base / "input").mkdir()
+        values = dict(models_dirs=[models_dir], output_dir=base / "output", input_dir=base / "input")
+        values.update(changes)
+        return Settings(**values)
+    return make
+
+
+@pytest.fixture
+def settings(settings_factory):
+    return settings_factory()
+
+
+@pytest.fixture
+def executor(settings, shared_models):
+    from engine import Executor
+
+    return Executor(settings=settings, models=shared_models)
+
+
+@pytest.fixture
+def ctx(settings, shared_models):
+    from engine import CancelToken, Context, Graph
+
+    return Context(node_id="test", node_type="test", run_id="test", settings=settings,
+                   models=shared_models, graph=Graph(), params={}, cancel_token=CancelToken(),
+                   publish=lambda event: None)
+
+
+def load_graph(name: str):
+    from engine import Graph
+
+    return Graph.load(GRAPHS / name)
