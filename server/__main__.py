@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20)
     p.add_argument("--max-attempts", type=int, default=d.max_attempts,
                    help="tries per run across crashes (default %(default)s)")
+    p.add_argument("--event-queue-size", type=int, default=d.event_queue_size,
+                   help="events buffered per websocket client before the oldest are dropped")
+    p.add_argument("--event-send-timeout", type=float, default=d.event_send_timeout,
+                   help="seconds a websocket client may take to accept one message before "
+                        "it is disconnected")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
               installed_nodes=not args.no_installed_nodes, log_level=args.log_level,
               allowed_hosts=tuple(args.allow_host), allowed_origins=tuple(args.allow_origin),
               limits=limits, max_upload_bytes=int(args.max_upload_mb * 2**20),
-              max_attempts=args.max_attempts)
+              max_attempts=args.max_attempts, event_queue_size=args.event_queue_size,
+              event_send_timeout=args.event_send_timeout)
     except LoomError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -80,8 +80,10 @@ def tensor(n: int = 3) -> object:
 
 @node("test.chatter", category="test", cache=False)
 def chatter(ctx: Context, events: Annotated[int, Field(ge=1, le=1_000_000)] = 1000,
-            pad: str = "") -> int:
-    """Report progress `events` times as fast as it can (a flood for slow event clients)."""
+            pad: str = "", pause: float = 0.0) -> int:
+    """Report progress `events` times, `pause` seconds apart (a flood for slow event clients)."""
     for i in range(events):
         ctx.progress(i + 1, events, pad=pad)
+        if pause:
+            time.sleep(pause)
     return events
