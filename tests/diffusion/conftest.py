@@ -32,7 +32,21 @@ def models_dir(tmp_path_factory) -> Path:
     save_configs(sd, root / "configs" / "tiny-sd-single")
     make_sdxl_pipeline(seed=0).save_pretrained(root / "checkpoints" / "tiny-sdxl")
     make_sd_pipeline(seed=1, in_channels=9).save_pretrained(root / "checkpoints" / "tiny-sd-inpainting")
+    _write_lora(make_sd_pipeline(seed=0), root / "loras")
     return root
+
+
+def _write_lora(pipe, folder: Path) -> None:
+    """A random LoRA on the UNet's attention projections (what an LCM-LoRA file holds)."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(5)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(pipe.unet),
+                                              weight_name="lcm-lora-shapes-tiny.safetensors")
 
 
 @pytest.fixture(scope="session")
