@@ -27,7 +27,8 @@ BATCH_INPUTS = frozenset({"batch", "batch_size"})
 # String inputs that name a file; checked against the folder they are read from or written to.
 OUTPUT_PATH_INPUTS = frozenset({"prefix", "filename_prefix", "save_prefix", "subfolder"})
 INPUT_PATH_INPUTS = frozenset({"image", "mask", "path", "file", "filename", "name", "image_name",
-                               "ckpt_name", "lora_name", "model_name", "control_net_name", "vae_name"})
+                               "ckpt_name", "lora_name", "model_name", "control_net_name", "vae_name",
+                               "blocklist"})
 
 
 def is_link(value: Any, node_ids: Iterable[str]) -> bool:

@@ -86,7 +86,7 @@ class Guard:
                                            f"{', '.join(sorted(self.hosts))}); add it with --allow-host")
         origin = headers.get("origin")
         if origin is not None:
-            if not self.origin_allowed(origin):
+            if not self.origin_allowed(origin, host):
                 return 403, "forbidden_origin", (f"cross-origin requests are refused (Origin {origin!r}); "
                                                  f"add a trusted origin with --allow-origin")
         elif headers.get("sec-fetch-site") in ("cross-site", "same-site"):
@@ -96,7 +96,8 @@ class Guard:
                 return 401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required"
         return None
 
-    def origin_allowed(self, origin: str) -> bool:
+    def origin_allowed(self, origin: str, host_header: str) -> bool:
+        """Configured origins, or the same origin: the page was served by this Host."""
         origin = origin.strip().rstrip("/").lower()
         if origin in self.origins:
             return True
@@ -104,13 +105,14 @@ class Guard:
             return False
         try:
             parts = urlsplit(origin)
-            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+            origin_port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+            host = urlsplit(f"//{host_header.strip().lower()}")
+            host_port = host.port or {"http": 80, "https": 443}.get(parts.scheme)
         except ValueError:
             return False
         if parts.scheme not in ("http", "https") or parts.hostname is None:
             return False
-        # Same origin only: this server's port on a host name it answers to.
-        return port == self.config.port and (self.any_host or parts.hostname.strip("[]") in self.hosts)
+        return (parts.hostname, origin_port) == (host.hostname, host_port)
 
     @staticmethod
     def presented_token(scope: Scope, headers: dict[str, str]) -> str | None:

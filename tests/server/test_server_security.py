@@ -17,6 +17,7 @@ from websockets.sync.client import connect
 from engine.errors import LoomError
 from loom_server_testing import REPO, TOKEN, graph, server_command, server_env
 from server.config import ServerConfig
+from server.security import Guard
 
 
 def raw_get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes]:
@@ -148,9 +149,24 @@ def test_cross_origin_requests_are_refused(server, headers):
 
 
 def test_same_origin_browser_requests_are_served(server):
-    with server.client(headers={"Origin": f"http://localhost:{server.port}",
+    with server.client(headers={"Origin": f"http://127.0.0.1:{server.port}",
                                 "Sec-Fetch-Site": "same-origin"}) as c:
         assert c.get("/v1/runs").status_code == 200
+    with server.client(headers={"Origin": f"http://evil.example:{server.port}"}) as c:
+        assert c.get("/v1/runs").status_code == 403
+
+
+def test_a_wildcard_bind_still_requires_same_origin_and_the_token():
+    guard = Guard(lambda *a: None, ServerConfig(host="0.0.0.0", port=8188, token=TOKEN))
+    scope = {"type": "http", "path": "/v1/runs"}
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    assert guard.refusal(scope, {"host": "gpu-box.lan:8188", **auth}) is None
+    assert guard.refusal(scope, {"host": "gpu-box.lan:8188", "origin": "http://gpu-box.lan:8188",
+                                 **auth}) is None
+    assert guard.refusal(scope, {"host": "gpu-box.lan:8188", "origin": "http://evil.example:8188",
+                                 **auth})[0] == 403
+    assert guard.refusal(scope, {"host": "gpu-box.lan:8188"})[0] == 401
+    assert guard.refusal({"type": "http", "path": "/healthz"}, {"host": "gpu-box.lan:8188"}) is None
 
 
 def ws_upgrade_status(port: int, headers: dict) -> int:
@@ -176,7 +192,7 @@ def test_cross_site_websocket_upgrades_are_refused(server, headers):
 
 
 def test_same_origin_websocket_upgrade_is_accepted(server):
-    assert ws_upgrade_status(server.port, {"Origin": f"http://localhost:{server.port}"}) == 101
+    assert ws_upgrade_status(server.port, {"Origin": f"http://127.0.0.1:{server.port}"}) == 101
 
 
 def test_every_response_carries_nosniff(server, client):
