@@ -109,7 +109,18 @@ class LocalDispatcher:
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
                 continue
-            self._execute(run)
+            try:
+                self._execute(run)
+            except Exception:  # noqa: BLE001 - record it if we can; the worker must live on
+                log.exception("run %s could not be recorded", run.id)
+                self._held.pop(run.id, None)
+                try:
+                    self.store.finish(run.id, FAILED, {}, {"error": "internal", "message":
+                                                           "the server could not record this run"})
+                    self.finished(run.id)
+                except Exception:  # noqa: BLE001 - the store itself is failing; recover() will see it
+                    log.exception("the run store is failing")
+                    self._stopping.wait(self.poll_seconds)
 
     def _execute(self, run: RunRecord) -> None:
         token = CancelToken()
@@ -150,8 +161,17 @@ class LocalDispatcher:
                      "traceback": traceback.format_exc()}
             self._hold_failure(run.id, error)
             return FAILED, {}, error
-        outputs, files = describe_outputs(outcome.outputs or {}, self.output_dir,
-                                          lambda name: output_url(run.id, name))
+        try:
+            outputs, files = describe_outputs(outcome.outputs or {}, self.output_dir,
+                                              lambda name: output_url(run.id, name))
+        except Exception as exc:  # noqa: BLE001 - an output we cannot describe fails the run, not the worker
+            log.exception("run %s: cannot describe outputs", run.id)
+            outputs, files = {}, []
+            if outcome.status == "succeeded":
+                error = {"error": "internal", "message": f"cannot describe outputs: {exc}"}
+                self._hold_failure(run.id, error)
+                return FAILED, {"ran": list(outcome.ran), "cached": list(outcome.cached),
+                                "timings": dict(outcome.timings)}, error
         result = {"ran": list(outcome.ran), "cached": list(outcome.cached),
                   "timings": dict(outcome.timings), "outputs": outputs, "files": files}
         if outcome.status == "succeeded":
@@ -166,7 +186,7 @@ class LocalDispatcher:
         return FAILED, result, error
 
     def _hold_failure(self, run_id: str, error: dict) -> None:
-        self._held.setdefault(run_id, Event(RUN_FAILED, run_id, data={"error": error}).to_dict())
+        self._held[run_id] = Event(RUN_FAILED, run_id, data={"error": error}).to_dict()
 
     def _cancel_requested(self, run_id: str) -> bool:
         latest = self.store.get(run_id)

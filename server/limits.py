@@ -52,6 +52,15 @@ def effective_literals(graph: dict, params: dict) -> dict[str, dict[str, Any]]:
     return literals
 
 
+def too_many_nodes(graph: dict, limits: GraphLimits) -> Problem | None:
+    """Checked first and alone: a graph this large is not worth validating."""
+    nodes = graph.get("nodes")
+    if isinstance(nodes, dict) and len(nodes) > limits.max_nodes:
+        return Problem(f"the graph has {len(nodes)} nodes; this server runs at most "
+                       f"{limits.max_nodes}", hint="split the work or raise --max-nodes")
+    return None
+
+
 def check_graph(graph: dict, params: dict, limits: GraphLimits, *, input_dir: Path,
                 output_dir: Path, path_inputs: dict[str, dict[str, str]] | None = None) -> list[Problem]:
     """Every way `graph` (with `params`) exceeds `limits` or escapes a folder; [] when fine.
@@ -60,9 +69,6 @@ def check_graph(graph: dict, params: dict, limits: GraphLimits, *, input_dir: Pa
     """
     problems: list[Problem] = []
     nodes = graph.get("nodes") if isinstance(graph.get("nodes"), dict) else {}
-    if len(nodes) > limits.max_nodes:
-        problems.append(Problem(f"the graph has {len(nodes)} nodes; this server runs at most "
-                                f"{limits.max_nodes}", hint="split the work or raise --max-nodes"))
     path_inputs = path_inputs or {}
     for node_id, inputs in effective_literals(graph, params).items():
         node_type = nodes[node_id].get("type") if isinstance(nodes[node_id], dict) else None

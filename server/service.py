@@ -17,7 +17,7 @@ from .config import ServerConfig
 from .dispatch import RunDispatcher, make_event
 from .events import EventHub
 from .files import StoredImage, output_file, store_uploaded_image
-from .limits import check_graph, path_inputs_of
+from .limits import check_graph, path_inputs_of, too_many_nodes
 from .store import FINAL, QUEUED, RUNNING, RunRecord, RunStore
 
 RUN_QUEUED = "run_queued"
@@ -46,12 +46,13 @@ class RunService:
 
     def check(self, graph: dict, params: dict) -> None:
         """Raise GraphError with every problem: engine validation plus this server's limits."""
+        too_big = too_many_nodes(graph, self.config.limits)
+        if too_big is not None:
+            raise GraphError([too_big])
         problems = check_graph(graph, params, self.config.limits,
                                input_dir=Path(self.settings.input_dir),
                                output_dir=Path(self.settings.output_dir),
                                path_inputs=self.path_inputs())
-        if len(problems) == 1 and "nodes; this server runs at most" in problems[0].message:
-            raise GraphError(problems)  # too big to spend validation on
         try:
             self.executor.check(Graph.from_dict(graph), params or None)
         except GraphError as exc:
