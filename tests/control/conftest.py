@@ -123,3 +123,38 @@ def load_graph(name: str):
     from engine import Graph
 
     return Graph.load(GRAPHS / name)
+
+
+def make_ip_adapter_state(unet, embed_dim: int, tokens: int = 4, seed: int = 0) -> dict:
+    """IP-Adapter weights in the original flat layout: image_proj.* and ip_adapter.{1,3,..}.to_k_ip/to_v_ip."""
+    g = torch.Generator().manual_seed(seed)
+    x = unet.config.cross_attention_dim
+    state = {"image_proj.proj.weight": torch.randn(tokens * x, embed_dim, generator=g) * 0.2,
+             "image_proj.proj.bias": torch.randn(tokens * x, generator=g) * 0.1,
+             "image_proj.norm.weight": 1 + torch.randn(x, generator=g) * 0.1,
+             "image_proj.norm.bias": torch.randn(x, generator=g) * 0.1}
+    key = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        hidden = unet.get_submodule(name.removesuffix(".processor")).to_q.out_features
+        state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(hidden, x, generator=g) * 0.3
+        state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(hidden, x, generator=g) * 0.3
+        key += 2
+    return state
+
+
+@pytest.fixture(scope="session")
+def ip_models(tiny):
+    """models/ipadapter/tiny-ip.safetensors and models/clip_vision/tiny-clip-vision (with its processor)."""
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor
+
+    enc_dir = tiny.root / "clip_vision" / "tiny-clip-vision"
+    encoder = make_clip_vision(enc_dir)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(enc_dir)
+    (tiny.root / "ipadapter").mkdir(exist_ok=True)
+    save_file(make_ip_adapter_state(tiny.pipe.unet, encoder.config.projection_dim),
+              str(tiny.root / "ipadapter" / "tiny-ip.safetensors"))
+    return encoder, processor
