@@ -1,12 +1,16 @@
 """Fixtures for the server tests: a shared real server and a factory for extra ones."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from loom_server_testing import ServerProcess
+# The helpers and test nodes live beside this file; make them importable in any import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loom_server_testing import ServerProcess  # noqa: E402
 
 
 @pytest.fixture(scope="session")
