@@ -193,6 +193,9 @@ def _demand_order(plan: Plan, targets: list[str], available) -> list[str]:
     return order
 
 
+_JSON_KINDS = (bool, int, float, str, list, dict, tuple)
+
+
 class _Run:
     """One execution of a plan: values by key, records, events."""
 
@@ -309,7 +312,9 @@ class _Run:
                 kwargs[name] = Lazy(partial(self.evaluate_lazy, plan, link))
                 continue
             value = self.values[plan.key(link.node)][link.output]
-            if ispec.literal and value is not None:
+            # Linked JSON-like values meet the same constraints as literals (a linked width
+            # must still be a multiple of 8); objects were type-checked when validating edges.
+            if ispec.literal and isinstance(value, _JSON_KINDS):
                 try:
                     value = ispec.check_value(value)
                 except ValueError as exc:

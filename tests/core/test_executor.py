@@ -263,3 +263,12 @@ def test_migrations_let_old_graphs_load(registry):
         "s": {"type": "scale_v2", "version": 1, "inputs": {"value": 2, "k": 3}},
         "out": {"type": "show", "inputs": {"value": ["s", "value"]}}}}
     assert Executor(registry=r).run(Graph.from_dict(doc)).outputs["out"]["value"] == 6.0
+
+
+def test_linked_values_meet_the_input_constraints(executor, registry):
+    g = GraphBuilder(registry)
+    steps = g.add("int", node_id="steps", value=0)
+    g.add("show", node_id="out", value=g.add("slow", node_id="s", value=1, steps=steps))
+    with pytest.raises(NodeError) as info:
+        executor.run(g.build())
+    assert info.value.node == "s" and "input 'steps'" in info.value.message
