@@ -155,3 +155,14 @@ def pick_image(images: Image, index: Annotated[int, Field(ge=0, le=4095)] = 0) -
 def text_list(text: Annotated[str, Field(description="one item per line")]) -> list[str]:
     """Split text into a list, one item per non-empty line (prompts for a batch or captions)."""
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@node("image_batch", category="compose", version=1)
+def image_batch(a: Image, b: Image) -> Image:
+    """Concatenate two image batches (b is resized to a's size when they differ)."""
+    pixels = b.pixels
+    if pixels.shape[1:3] != a.pixels.shape[1:3]:
+        from .upscale import resample
+
+        pixels = resample(pixels, a.width, a.height, "bicubic")
+    return Image(torch.cat([a.pixels, pixels]))

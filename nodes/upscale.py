@@ -243,7 +243,7 @@ def sd_upscale(ctx: Context, image: Image, name: str, prompt: str = "", negative
     out = pipe(prompt=[prompt] * image.batch, negative_prompt=[negative] * image.batch if cfg > 1 else None,
                image=x.to(pipe.device), num_inference_steps=steps, guidance_scale=cfg, noise_level=noise_level,
                generator=torch.Generator().manual_seed(seed), latents=noise.to(pipe.device),
-               output_type="pt", callback_on_step_end=lambda p, i, t, kw: (ctx.progress(i + 1, steps), kw)[1])
+               output_type="pt", callback=lambda i, t, latents: ctx.progress(i + 1, steps), callback_steps=1)
     pixels = out.images.float().cpu().clamp(0, 1).permute(0, 2, 3, 1).contiguous()
     if pixels.shape[1] != image.height * f:
         raise NodeInputError("name", f"the upscaler returned {pixels.shape[2]}x{pixels.shape[1]}")

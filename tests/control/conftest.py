@@ -158,3 +158,42 @@ def ip_models(tiny):
     save_file(make_ip_adapter_state(tiny.pipe.unet, encoder.config.projection_dim),
               str(tiny.root / "ipadapter" / "tiny-ip.safetensors"))
     return encoder, processor
+
+
+@pytest.fixture(scope="session")
+def upscale_models(tiny):
+    """ESRGAN (x2) and RealESRGAN compact (x4) with random weights as .safetensors, a .pth copy,
+    and a tiny SD x4 upscaler pipeline folder."""
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    folder = tiny.root / "upscale_models"
+    folder.mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    esrgan = ESRGAN(num_filters=8, num_blocks=1, scale=2).eval()
+    compact = Compact(num_feat=8, num_conv=2, upscale=4).eval()
+    save_file(esrgan.state_dict(), str(folder / "tiny-esrgan-x2.safetensors"))
+    save_file(compact.state_dict(), str(folder / "tiny-compact-x4.safetensors"))
+    torch.save({"params_ema": compact.state_dict()}, folder / "tiny-compact-x4.pth")
+    make_sd_x4_upscaler(tiny).save_pretrained(folder / "tiny-sd-x4")
+    return {"esrgan": esrgan, "compact": compact}
+
+
+def make_sd_x4_upscaler(tiny):
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=16, in_channels=7, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=1, norm_num_groups=32,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=32, attention_head_dim=8, num_class_embeds=1000)
+    p = tiny.pipe
+    pipe = StableDiffusionUpscalePipeline(
+        vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer, unet=unet,
+        low_res_scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction", steps_offset=1,
+                                clip_sample=False, set_alpha_to_one=False),
+        max_noise_level=350)
+    return pipe
