@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-height", type=int, default=limits.max_height)
     p.add_argument("--max-steps", type=int, default=limits.max_steps)
     p.add_argument("--max-batch", type=int, default=limits.max_batch)
+    p.add_argument("--max-repeats", type=int, default=limits.max_repeats,
+                   help="most tries of a retry / values of a batch_over")
+    p.add_argument("--max-scale", type=float, default=limits.max_scale, help="largest upscale factor")
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20)
     p.add_argument("--max-attempts", type=int, default=d.max_attempts,
                    help="tries per run across crashes (default %(default)s)")
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                         input_dir=Path(args.input_dir) if args.input_dir else data_dir / "inputs")
     limits = GraphLimits(max_nodes=args.max_nodes, max_width=args.max_width,
                          max_height=args.max_height, max_pixels=args.max_width * args.max_height,
-                         max_steps=args.max_steps, max_batch=args.max_batch)
+                         max_steps=args.max_steps, max_batch=args.max_batch,
+                         max_repeats=args.max_repeats, max_scale=args.max_scale)
     try:
         serve(args.host, args.port, data_dir, [Path(m) for m in args.models_dir or ["models"]],
               args.token, settings, node_modules=args.nodes,

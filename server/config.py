@@ -25,6 +25,8 @@ class GraphLimits:
     max_pixels: int = 2048 * 2048
     max_steps: int = 150
     max_batch: int = 8
+    max_repeats: int = 16        # a retry's max_tries, a batch_over's list of values
+    max_scale: float = 4.0       # upscale factors
 
 
 @dataclass(frozen=True)

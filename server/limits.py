@@ -5,7 +5,8 @@ run here: how many nodes, how large an image, how many steps, how big a batch, a
 that every file name it carries stays inside the folder it names. Problems come back
 as the engine's `Problem` values, so a refusal reads like any validation error.
 
-Inputs are recognised by name (`width`, `steps`, `batch_size`, ...) on any node type,
+Inputs are recognised by name (`width`, `steps`, `batch_size`, `max_tries`, `scale`,
+`values` of a batch, ...) on any node type,
 with params applied first, so a node pack cannot slip past a limit by a new type id.
 A node may also mark a string input as a path with `x-loom-path` in its input schema
 (`"input"`, `"output"`); the well-known names below are covered either way.
@@ -24,6 +25,9 @@ WIDTH_INPUTS = frozenset({"width"})
 HEIGHT_INPUTS = frozenset({"height"})
 STEPS_INPUTS = frozenset({"steps"})
 BATCH_INPUTS = frozenset({"batch", "batch_size"})
+REPEAT_INPUTS = frozenset({"max_tries"})          # how many times a sub-graph may rerun
+REPEAT_LIST_INPUTS = frozenset({"values"})        # one sub-graph run per item
+SCALE_INPUTS = frozenset({"scale", "upscale_by", "scale_by"})
 # String inputs that name a file; checked against the folder they are read from or written to.
 OUTPUT_PATH_INPUTS = frozenset({"prefix", "filename_prefix", "save_prefix", "subfolder"})
 INPUT_PATH_INPUTS = frozenset({"image", "mask", "path", "file", "filename", "name", "image_name",
@@ -92,6 +96,12 @@ def check_graph(graph: dict, params: dict, limits: GraphLimits, *, input_dir: Pa
                 over(name, value, limits.max_steps, "steps")
             elif name in BATCH_INPUTS:
                 over(name, value, limits.max_batch, "batch size")
+            elif name in REPEAT_INPUTS:
+                over(name, value, limits.max_repeats, "repeat count")
+            elif name in REPEAT_LIST_INPUTS and isinstance(value, list):
+                over(name, len(value), limits.max_repeats, "number of values")
+            elif name in SCALE_INPUTS:
+                over(name, value, limits.max_scale, "scale factor")
             kind = marked.get(name) or ("output" if name in OUTPUT_PATH_INPUTS
                                         else "input" if name in INPUT_PATH_INPUTS else None)
             if kind is not None and isinstance(value, str):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 from websockets.sync.client import connect
 
@@ -88,6 +89,19 @@ def test_graph_limits_are_refused_with_a_clear_message(client):
     response = client.post("/v1/runs", json={"graph": g, "params": {"w": 100_000}})
     assert response.status_code == 422
     assert response.json()["problems"][0]["input"] == "width"
+
+    repeats = graph({"r": {"type": "test.image_size", "inputs": {}},
+                     "o": {"type": "show", "inputs": {"value": ["r", "value"]}}})
+    from server.config import GraphLimits
+    from server.limits import check_graph
+    problems = check_graph({"loom": 1, "nodes": {
+        "gate": {"type": "retry", "inputs": {"max_tries": 100}},
+        "sheet": {"type": "batch_over", "inputs": {"values": list(range(50))}},
+        "up": {"type": "resize_image", "inputs": {"scale": 16.0}}}}, {}, GraphLimits(),
+        input_dir=Path("."), output_dir=Path("."))
+    assert {(p.node, p.input) for p in problems} == {("gate", "max_tries"), ("sheet", "values"),
+                                                     ("up", "scale")}
+    assert client.post("/v1/runs", json={"graph": repeats}).status_code == 202
 
     many = graph({f"n{i}": {"type": "int", "inputs": {"value": i}} for i in range(300)}
                  | {"out": {"type": "show", "inputs": {"value": ["n0", "value"]}}})
@@ -228,3 +242,16 @@ def test_wait_true_with_timeout_answers_202_while_running(client):
     assert time.monotonic() - started < 3
     assert response.status_code == 202 and response.json()["status"] in ("queued", "running")
     client.post(f"/v1/runs/{response.json()['id']}/cancel")
+
+
+def test_the_example_graphs_fit_the_default_limits():
+    import json
+
+    from server.config import GraphLimits
+    from server.limits import check_graph, too_many_nodes
+
+    examples = sorted((Path(__file__).resolve().parents[2] / "graphs").glob("*.json"))
+    for path in examples:
+        g = json.loads(path.read_text())
+        assert too_many_nodes(g, GraphLimits()) is None, path.name
+        assert check_graph(g, {}, GraphLimits(), input_dir=Path("in"), output_dir=Path("out")) == [], path.name
