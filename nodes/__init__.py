@@ -7,7 +7,13 @@ transformers, ...) inside the node functions so the catalogue loads fast.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+
+# Models come from local folders only: no code path may reach a model hub. Progress is
+# reported through the engine's events, so the libraries' own bars stay quiet.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def register(registry) -> None:
