@@ -263,8 +263,11 @@ def create_app(config: ServerConfig, service: RunService, hub: EventHub,
         return Uploaded(name=stored.name, width=stored.width, height=stored.height,
                         format=stored.format, bytes=stored.bytes)
 
-    @app.get("/healthz", response_model=Health)
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     def healthz():
+        """Liveness: 200 while the worker takes runs, 503 if it has stopped."""
+        if not service.dispatcher.healthy:
+            return JSONResponse(Health(status="worker_stopped").model_dump(), status_code=503)
         return Health()
 
     app.state.service = service

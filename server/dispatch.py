@@ -40,6 +40,10 @@ class RunDispatcher(Protocol):
     def cancel(self, run_id: str) -> bool:
         """Stop `run_id` if it is running here (within one node step); False if it is not."""
 
+    @property
+    def healthy(self) -> bool:
+        """True while it can take runs (for /healthz)."""
+
 
 def output_url(run_id: str, name: str) -> str:
     return f"/v1/runs/{run_id}/outputs/{quote(name, safe='/')}"
@@ -95,6 +99,10 @@ class LocalDispatcher:
     @property
     def busy(self) -> bool:
         return self._current is not None
+
+    @property
+    def healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     # -- the worker ---------------------------------------------------------------------
 

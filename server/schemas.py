@@ -118,4 +118,4 @@ class Uploaded(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "worker_stopped"] = "ok"
