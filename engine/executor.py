@@ -155,7 +155,10 @@ class Executor:
         run_id = run_id or uuid.uuid4().hex
         graph = graph.with_params(params)
         plan = self.plan(graph, nonce=run_id)
-        unsubscribe = self.events.subscribe(listener) if listener else None
+        unsubscribe = None
+        if listener is not None:  # this run's events only, though the bus carries every run's
+            unsubscribe = self.events.subscribe(
+                lambda event: listener(event) if event.run_id == run_id else None)
         try:
             with self._run_lock:
                 result = _Run(self, plan, graph, run_id, cancel or CancelToken(), use_cache).execute()
