@@ -123,28 +123,31 @@ json_values = st.recursive(
 @st.composite
 def mangled_documents(draw):
     """Documents that are sometimes valid, mostly not: wrong shapes, types, links, cycles."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(json_values)
     doc = draw(arithmetic_dags())
+    nodes = doc["nodes"]
+    node_ids = list(nodes)
     for _ in range(draw(st.integers(1, 4))):
-        mutation = draw(st.integers(0, 7))
-        node_ids = list(doc["nodes"])
         target = draw(st.sampled_from(node_ids))
+        mutation = draw(st.integers(0, 6))
+        if not isinstance(nodes.get(target), dict):
+            continue
         if mutation == 0:
-            doc = draw(json_values)
-            break
+            nodes[target] = draw(json_values)
         elif mutation == 1:
-            doc["nodes"][target] = draw(json_values)
+            nodes[target]["type"] = draw(st.text(max_size=6))
         elif mutation == 2:
-            doc["nodes"][target]["type"] = draw(st.text(max_size=6))
-        elif mutation == 3:
-            doc["nodes"][target]["inputs"] = {draw(st.text(max_size=3)): draw(json_values)}
+            nodes[target]["inputs"] = {draw(st.text(max_size=3)): draw(json_values)}
+        elif mutation == 3:  # may point forwards: cycles
+            nodes[target]["inputs"]["a"] = [draw(st.sampled_from(node_ids)), "value"]
         elif mutation == 4:
-            doc["nodes"][target]["inputs"]["a"] = [draw(st.sampled_from(node_ids)), "value"]
+            nodes[target]["inputs"]["a"] = [target, draw(st.text(max_size=4))]
         elif mutation == 5:
-            doc["nodes"][target]["inputs"]["a"] = [target, draw(st.text(max_size=4))]
-        elif mutation == 6:
-            doc[draw(st.sampled_from(["loom", "params", "nodes", "meta", "other"]))] = draw(json_values)
-        else:
             doc["params"] = {draw(st.text(max_size=3)): draw(json_values)}
+        else:
+            doc[draw(st.sampled_from(["loom", "params", "nodes", "meta", "other"]))] = draw(json_values)
+            break
     return doc
 
 
