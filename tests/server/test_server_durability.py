@@ -90,11 +90,12 @@ def test_kill_9_while_a_run_runs_loses_and_duplicates_nothing(start_server, tmp_
     data = tmp_path / "data"
     proc = start_server(data_dir=data)
     with proc.client() as client:
+        # The first run takes ~1.5 s, so the kill lands while it runs even on a busy machine.
         ids = [client.post("/v1/runs", json={"graph": steps_graph(
-            steps=15, seconds=0.04, tag=f"run{i}", journal=str(journal))}).json()["id"]
+            steps=50 if i == 0 else 5, seconds=0.03, tag=f"run{i}", journal=str(journal))}).json()["id"]
             for i in range(4)]
         wait_status(client, ids[0], RUNNING)
-        time.sleep(0.2)          # mid-way through its steps
+        time.sleep(0.1)
     proc.kill()
 
     proc = start_server(data_dir=data)
