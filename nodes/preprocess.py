@@ -130,7 +130,7 @@ def hint_from_image(image: Image, invert: bool = False) -> ControlHint:
 def _annotator_files(ctx: Context, detector: str) -> dict[str, str]:
     """from_pretrained keyword -> file name, after checking every file is in models/annotators."""
     _, _, files = WEIGHTED[detector]
-    folders = [f for f in ctx.models.paths.folders("annotators")]
+    folders = ctx.models.paths.folders("annotators")
     missing = []
     for name in files.values():
         try:
@@ -148,7 +148,13 @@ def _annotator_files(ctx: Context, detector: str) -> dict[str, str]:
     return files
 
 
-@node("preprocess", category="control/preprocess", version=1)
+def _annotator_fingerprint(detector: str, **_) -> str:
+    from .control import fingerprint_model
+
+    return "|".join(fingerprint_model("annotators", f) for f in WEIGHTED[detector][2].values())
+
+
+@node("preprocess", category="control/preprocess", version=1, fingerprint=_annotator_fingerprint)
 def preprocess(ctx: Context, image: Image, detector: WeightedName,
                resolution: Resolution = 512) -> ControlHint:
     """Run a controlnet-aux detector with weights (HED, MLSD, lineart, normals, depth, pose ...)

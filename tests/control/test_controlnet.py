@@ -101,8 +101,8 @@ def test_weighted_preprocessor_names_missing_file(ctx):
     from nodes.types import Image
 
     with pytest.raises(NodeInputError) as err:
-        preprocess(ctx, Image(torch.rand(1, 64, 64, 3)), "hed")
-    assert "ControlNetHED.pth" in str(err.value) and "annotators" in str(err.value)
+        preprocess(ctx, Image(torch.rand(1, 64, 64, 3)), "mlsd")
+    assert "mlsd_large_512_fp32.pth" in str(err.value) and "annotators" in str(err.value)
 
 
 def test_controlnet_canny_graph_runs_and_reruns_only_edited_nodes(executor):
@@ -117,3 +117,24 @@ def test_controlnet_canny_graph_runs_and_reruns_only_edited_nodes(executor):
 def test_multi_controlnet_graph_runs(executor):
     result = executor.run(load_graph("multi_controlnet.json")).raise_for_status()
     assert result.outputs["save"]["files"]
+
+
+def test_weighted_preprocessor_loads_from_models_folder(ctx, settings_factory, shared_models, tiny):
+    """HED with random weights saved under models/annotators, as the real file is named."""
+    from controlnet_aux.hed import ControlNetHED_Apache2
+
+    from engine import CancelToken, Context, Graph
+    from nodes.control_types import ControlHint
+    from nodes.preprocess import preprocess
+    from nodes.types import Image
+
+    folder = tiny.root / "annotators"
+    folder.mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(ControlNetHED_Apache2().state_dict(), folder / "ControlNetHED.pth")
+    with pytest.raises(NodeInputError, match="allow_pickle"):
+        preprocess(ctx, Image(torch.rand(1, 64, 64, 3)), "hed")
+    opted = Context("t", "t", "t", settings_factory(allow_pickle=True), shared_models, Graph(), {}, CancelToken(),
+                    lambda e: None)
+    hint = preprocess(opted, Image(torch.rand(1, 48, 64, 3)), "hed", resolution=64)
+    assert isinstance(hint, ControlHint) and hint.pixels.shape == (1, 48, 64, 3) and hint.kind == "hed"
