@@ -124,7 +124,8 @@ def wait_all(url: str, headers: dict, ids: list[str], timeout: float) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--url", help="an already running server (default: start one)")
     parser.add_argument("--token", default=os.environ.get("LOOM_TOKEN"))

@@ -44,7 +44,7 @@ class ServerConfig:
     max_upload_pixels: int = 4096 * 4096            # decompression-bomb guard
     max_attempts: int = 2                           # tries per run across crashes/restarts
     event_queue_size: int = 256                     # per websocket client, oldest dropped first
-    event_send_timeout: float = 10.0                # a client that cannot take one message this long is closed
+    event_send_timeout: float = 10.0                # seconds to take one message, else closed
     wait_timeout: float = 600.0                     # upper bound for POST /v1/runs?wait=true
 
     @property

@@ -78,7 +78,7 @@ def check_graph(graph: dict, params: dict, limits: GraphLimits, *, input_dir: Pa
         node_type = nodes[node_id].get("type") if isinstance(nodes[node_id], dict) else None
         marked = path_inputs.get(node_type, {}) if isinstance(node_type, str) else {}
 
-        def over(name: str, value: Any, limit: int, what: str) -> None:
+        def over(name: str, value: Any, limit: float, what: str, node_id: str = node_id) -> None:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
                 problems.append(Problem(f"{what} {value} is over this server's limit of {limit}",
                                         node=node_id, input=name,

@@ -5,13 +5,13 @@ import http.client
 import io
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from engine.errors import LoomError
@@ -271,7 +271,7 @@ def test_token_guards_every_endpoint_but_healthz(start_server):
             "n": {"type": "int", "inputs": {"value": 4}}})}).json()
         assert run["outputs"]["o"]["value"] == 4
 
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidStatus, match="401|403"):
         with connect(f"{proc.ws_url}/v1/events", open_timeout=5):
             pass
     with connect(f"{proc.ws_url}/v1/events", open_timeout=5,
