@@ -1,0 +1,57 @@
+"""Export the trained EMA weights as diffusers folders (fp16 safetensors):
+
+models/checkpoints/shapes-tiny/        StableDiffusionPipeline
+models/controlnet/shapes-tiny-canny/   ControlNetModel
+
+python -m tools.shapes.export
+"""
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from tools.shapes import model_cards, models, paths, resumable, train
+
+
+def build_pipeline() -> StableDiffusionPipeline:
+    tokenizer, text_encoder, unet = train.load_trained_unet()
+    vae = train.load_vae()
+    vae.register_to_config(scaling_factor=train.load_latents()["scaling_factor"])
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=models.make_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def load_trained_controlnet(unet):
+    controlnet = models.make_controlnet(unet)
+    saved = resumable.load_checkpoint(paths.WORKDIR / "controlnet")
+    controlnet.load_state_dict(saved["controlnet_ema"]["averaged"])
+    return controlnet
+
+
+def main() -> None:
+    pipeline = build_pipeline()
+    controlnet_trained = (
+        resumable.load_checkpoint(paths.WORKDIR / "controlnet") is not None
+    )
+    controlnet = load_trained_controlnet(pipeline.unet) if controlnet_trained else None
+    pipeline.to(torch.float16).save_pretrained(
+        paths.CHECKPOINT_DIR, safe_serialization=True
+    )
+    print(f"pipeline -> {paths.CHECKPOINT_DIR}")
+    if controlnet is not None:
+        controlnet.to(torch.float16).save_pretrained(
+            paths.CONTROLNET_DIR, safe_serialization=True
+        )
+        print(f"controlnet -> {paths.CONTROLNET_DIR}")
+    model_cards.write_all(evaluation=None)
+
+
+if __name__ == "__main__":
+    main()
