@@ -51,23 +51,37 @@ def test_negative_change_keeps_positive_encoding(executor):
 
 
 @pytest.mark.parametrize("name", ["img2img.json", "inpaint.json", "outpaint.json"])
-def test_image_graphs_run(executor, settings, name):
-    _example_png(settings)
+def test_image_graphs_run_from_drawn_sources(executor, name):
     result = executor.run(load_graph(name), params=FAST)
     [path] = result.outputs["save"]["files"]
-    size = PILImage.open(path).size
-    assert size == ((80, 80) if name == "outpaint.json" else (64, 64))
+    assert PILImage.open(path).size == (64, 64)
 
 
-def test_inpaint_keeps_the_unmasked_area(executor, settings):
-    _example_png(settings)
+def test_inpaint_keeps_the_unmasked_area(executor):
     result = executor.run(load_graph("inpaint.json"), params=FAST)
     out = torch.tensor(list(PILImage.open(result.outputs["save"]["files"][0]).getdata())).reshape(64, 64, 3)
-    assert (out[:8, :8] == torch.tensor([0, 0, 255])).all()          # pasted back exactly
+    assert (out[:8, :8] == torch.tensor([0, 0, 255])).all()          # drawn background pasted back exactly
 
 
-def test_inpainting_unet_with_nine_channels(executor, settings):
+def test_outpaint_keeps_the_drawn_image(executor):
+    result = executor.run(load_graph("outpaint.json"), params=FAST)
+    out = torch.tensor(list(PILImage.open(result.outputs["save"]["files"][0]).getdata())).reshape(64, 64, 3)
+    assert out[:40, :40].float().std() > 0      # the drawn area is decoded, not grey
+    assert out.shape == (64, 64, 3)
+
+
+def test_swapping_the_drawn_source_for_load_image(executor, settings):
+    """What img2img.json's description tells users: replace "img" with load_image."""
     _example_png(settings)
+    doc = load_graph("img2img.json").to_dict()
+    doc["nodes"]["img"] = {"type": "load_image", "inputs": {"name": "example.png"}}
+    for p in ("shape", "colour", "background"):
+        doc["params"].pop(p)
+    result = executor.run(Graph.from_dict(doc), params=FAST)
+    assert result.status == "succeeded" and "img" in result.ran
+
+
+def test_inpainting_unet_with_nine_channels(executor):
     result = executor.run(load_graph("inpaint.json"), params={**FAST, "model": "tiny-sd-inpainting"})
     assert result.status == "succeeded"
 
