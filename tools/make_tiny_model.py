@@ -1,7 +1,7 @@
 """Generate tiny random Stable Diffusion models (for tests and for running graphs before the
 trained default model exists), in the real on-disk formats.
 
-    python tools/make_tiny_model.py [--out models/checkpoints] [--name tiny-sd] [--sdxl]
+    python tools/make_tiny_model.py [--models models] [--name tiny-sd] [--sdxl [--sdxl-refiner NAME]] [--fp16]
 
 Writes a diffusers folder `<name>/`; with --single-file also `<name>.safetensors` in the
 original SD key layout plus its config folder under models/configs/<name>/ (what
@@ -128,6 +128,34 @@ def make_sdxl_pipeline(seed: int = 0):
     return pipe
 
 
+def make_sdxl_refiner_pipeline(seed: int = 0, vae=None):
+    """A tiny SDXL refiner (StableDiffusionXLImg2ImgPipeline): only the second, projecting text
+    encoder, and micro-conditioning with an aesthetic score (5 time ids). Pass the base's VAE so
+    the two share one latent space, as SDXL base and refiner do."""
+    import tempfile
+
+    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer_2 = make_tokenizer(Path(tmp) / "2")
+    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=1, norm_num_groups=32,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                attention_head_dim=(2, 4), use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=8 * 5 + 32, cross_attention_dim=32)
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=vae if vae is not None else _vae(), text_encoder=None,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(tokenizer_2, projection=32)),
+        tokenizer=None, tokenizer_2=tokenizer_2, unet=unet, scheduler=_scheduler("epsilon"),
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 # ---------------------------------------------------------------------------
 # diffusers -> original (LDM) key layout, for single-file fixtures
 # ---------------------------------------------------------------------------
@@ -229,14 +257,21 @@ def main() -> None:
     ap.add_argument("--models", default="models", help="models folder")
     ap.add_argument("--name", default="tiny-sd")
     ap.add_argument("--sdxl", action="store_true")
+    ap.add_argument("--sdxl-refiner", metavar="NAME",
+                    help="with --sdxl: also write a refiner folder NAME sharing the base's VAE")
+    ap.add_argument("--fp16", action="store_true", help="save the weights in float16")
     ap.add_argument("--single-file", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     models = Path(args.models)
     pipe = make_sdxl_pipeline(args.seed) if args.sdxl else make_sd_pipeline(args.seed)
-    folder = models / "checkpoints" / args.name
-    pipe.save_pretrained(folder)
-    print(f"wrote {folder}")
+    pipes = {args.name: pipe}
+    if args.sdxl and args.sdxl_refiner:
+        pipes[args.sdxl_refiner] = make_sdxl_refiner_pipeline(args.seed + 1, vae=pipe.vae)
+    for name, p in pipes.items():
+        folder = models / "checkpoints" / name
+        (p.to(torch.float16) if args.fp16 else p).save_pretrained(folder)
+        print(f"wrote {folder}")
     if args.single_file and not args.sdxl:
         save_file(to_original_sd(pipe), str(models / "checkpoints" / f"{args.name}.safetensors"))
         save_configs(pipe, models / "configs" / args.name)

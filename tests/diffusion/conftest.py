@@ -22,7 +22,8 @@ GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 def models_dir(tmp_path_factory) -> Path:
     from safetensors.torch import save_file
 
-    from tools.make_tiny_model import make_sd_pipeline, make_sdxl_pipeline, save_configs, to_original_sd
+    from tools.make_tiny_model import (make_sd_pipeline, make_sdxl_pipeline, make_sdxl_refiner_pipeline,
+                                      save_configs, to_original_sd)
 
     root = tmp_path_factory.mktemp("models")
     sd = make_sd_pipeline(seed=0)
@@ -30,7 +31,9 @@ def models_dir(tmp_path_factory) -> Path:
     sd.save_pretrained(root / "checkpoints" / "shapes-tiny")   # the name the shipped graphs use
     save_file(to_original_sd(sd), str(root / "checkpoints" / "tiny-sd-single.safetensors"))
     save_configs(sd, root / "configs" / "tiny-sd-single")
-    make_sdxl_pipeline(seed=0).save_pretrained(root / "checkpoints" / "tiny-sdxl")
+    sdxl = make_sdxl_pipeline(seed=0)
+    sdxl.save_pretrained(root / "checkpoints" / "tiny-sdxl")
+    make_sdxl_refiner_pipeline(seed=1, vae=sdxl.vae).save_pretrained(root / "checkpoints" / "tiny-sdxl-refiner")
     make_sd_pipeline(seed=1, in_channels=9).save_pretrained(root / "checkpoints" / "tiny-sd-inpainting")
     _write_lora(make_sd_pipeline(seed=0), root / "loras")
     return root

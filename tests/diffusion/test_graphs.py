@@ -9,7 +9,7 @@ from PIL import Image as PILImage
 
 from engine import Graph, GraphError, NodeError
 
-from .conftest import load_graph
+from .conftest import GRAPHS, load_graph
 
 FAST = {"model": "tiny-sd", "steps": 3}
 
@@ -129,10 +129,24 @@ def test_lcm_lora_changes_the_result_and_matches_the_pipeline(executor, ctx, mod
 
 
 def test_refiner_hand_off(executor):
+    """A refiner of its own layout (second text encoder only, aesthetic-score time ids)."""
     graph = load_graph("sdxl_refiner.json")
-    params = {"base": "tiny-sdxl", "refiner": "tiny-sdxl", "width": 64, "height": 64}
+    params = {"base": "tiny-sdxl", "refiner": "tiny-sdxl-refiner", "width": 64, "height": 64}
     result = executor.run(graph, params=params)
     assert result.status == "succeeded"
+    assert {"base_sampler", "refiner_sampler"} <= set(result.ran)
+
+
+def test_refiner_graph_defaults_name_shipped_models():
+    """The shipped wiring models exist where the graph's defaults point (loom run works as-is)."""
+    from engine import Settings
+    from nodes._common import resolve_model
+
+    shipped = Settings(models_dirs=[GRAPHS.parent / "models"])
+    nodes = load_graph("sdxl_refiner.json").to_dict()["nodes"]
+    for node_id in ("base", "refiner"):
+        folder = resolve_model(shipped, "checkpoints", nodes[node_id]["inputs"]["name"])
+        assert (folder / "model_index.json").is_file() and (folder / "README.md").is_file()
 
 
 def test_long_and_weighted_prompts(executor):
