@@ -7,6 +7,17 @@ flat and saturated areas). Prints a table; 0.5 is a random guess.
 The payload is the node's: text bytes + CRC-16 (72 bits for "loom:ai"). "found" counts the
 images whose payload was recovered exactly (CRC ok, after CRC-aided flipping of up to two of
 the least confident bits); the bit-error rate is of the raw (hard) bits, before that.
+
+Measured on the 2-core CPU machine (24 images, 512x512, 72-bit payload; mean BER [worst],
+images whose payload was recovered; PSNR of the marked image):
+
+    method       clean              jpeg75             resize0.5          psnr dB
+    loom         0.000 [0.00] 24/24  0.000 [0.00] 24/24  0.000 [0.00] 24/24  40.5
+    dwtDct       0.226 [0.53]  8/24  0.483 [0.60]  0/24  0.321 [0.69]  2/24  34.3
+    dwtDctSvd    0.066 [0.53] 21/24  0.112 [0.53]  5/24  0.073 [0.53] 19/24  34.0
+
+loom embeds in 2-9 s per 512 px image on this CPU (the informed-embedding check loop);
+dwtDct 0.15 s, dwtDctSvd 0.4 s.
 """
 from __future__ import annotations
 
