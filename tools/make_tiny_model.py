@@ -156,6 +156,24 @@ def make_sdxl_refiner_pipeline(seed: int = 0, vae=None):
     return pipe
 
 
+def write_lora(unet, folder: Path, weight_name: str, rank: int = 4, seed: int | None = None) -> Path:
+    """A LoRA on the UNet's attention projections (the modules an LCM-LoRA adapts), in diffusers'
+    key layout, loadable with peft / load_lora_weights. seed=None leaves peft's initialisation
+    (lora_B = 0: the file loads and applies but changes nothing); a seed gives random weights."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=seed is None,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet),
+                                              weight_name=weight_name)
+    unet.delete_adapters("default")
+    return folder / weight_name
+
+
 # ---------------------------------------------------------------------------
 # diffusers -> original (LDM) key layout, for single-file fixtures
 # ---------------------------------------------------------------------------
@@ -262,7 +280,16 @@ def main() -> None:
     ap.add_argument("--fp16", action="store_true", help="save the weights in float16")
     ap.add_argument("--single-file", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lora-for", metavar="CHECKPOINT_FOLDER",
+                    help="instead: write a no-effect LoRA (lora_B = 0) fitting that checkpoint's UNet "
+                         "to models/loras/NAME.safetensors (a wiring fixture; no weights are read)")
     args = ap.parse_args()
+    if args.lora_for:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(Path(args.lora_for) / "unet"))
+        print(f"wrote {write_lora(unet, Path(args.models) / 'loras', args.name + '.safetensors')}")
+        return
     models = Path(args.models)
     pipe = make_sdxl_pipeline(args.seed) if args.sdxl else make_sd_pipeline(args.seed)
     pipes = {args.name: pipe}

@@ -23,7 +23,7 @@ def models_dir(tmp_path_factory) -> Path:
     from safetensors.torch import save_file
 
     from tools.make_tiny_model import (make_sd_pipeline, make_sdxl_pipeline, make_sdxl_refiner_pipeline,
-                                      save_configs, to_original_sd)
+                                      save_configs, to_original_sd, write_lora)
 
     root = tmp_path_factory.mktemp("models")
     sd = make_sd_pipeline(seed=0)
@@ -35,21 +35,8 @@ def models_dir(tmp_path_factory) -> Path:
     sdxl.save_pretrained(root / "checkpoints" / "tiny-sdxl")
     make_sdxl_refiner_pipeline(seed=1, vae=sdxl.vae).save_pretrained(root / "checkpoints" / "tiny-sdxl-refiner")
     make_sd_pipeline(seed=1, in_channels=9).save_pretrained(root / "checkpoints" / "tiny-sd-inpainting")
-    _write_lora(make_sd_pipeline(seed=0), root / "loras")
+    write_lora(make_sd_pipeline(seed=0).unet, root / "loras", "lcm-lora-wiring-fixture.safetensors", seed=5)
     return root
-
-
-def _write_lora(pipe, folder: Path) -> None:
-    """A random LoRA on the UNet's attention projections (what an LCM-LoRA file holds)."""
-    from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    torch.manual_seed(5)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(pipe.unet),
-                                              weight_name="lcm-lora-shapes-tiny.safetensors")
 
 
 @pytest.fixture(scope="session")

@@ -115,13 +115,13 @@ def test_lcm_lora_changes_the_result_and_matches_the_pipeline(executor, ctx, mod
     from nodes.sampling import run_sampler
     from nodes.text import encode_text
     model, te, vae = load_checkpoint_handles(ctx, "tiny-sd")
-    model, te = load_lora(ctx, model, te, "lcm-lora-shapes-tiny")
+    model, te = load_lora(ctx, model, te, "lcm-lora-wiring-fixture")
     ours = run_sampler(ctx, model, encode_text(ctx, te, "a red circle"), empty_latent(vae, 64, 64),
                        seed=3, steps=4, cfg=1.0, scheduler="lcm").samples
     fresh = StableDiffusionPipeline.from_pretrained(models_dir / "checkpoints" / "tiny-sd", local_files_only=True,
                                                     safety_checker=None, requires_safety_checker=False)
     fresh.scheduler = LCMScheduler.from_config(fresh.scheduler.config)
-    fresh.load_lora_weights(models_dir / "loras", weight_name="lcm-lora-shapes-tiny.safetensors")
+    fresh.load_lora_weights(models_dir / "loras", weight_name="lcm-lora-wiring-fixture.safetensors")
     fresh.set_progress_bar_config(disable=True)
     theirs = fresh("a red circle", height=64, width=64, num_inference_steps=4, guidance_scale=1.0,
                    generator=[torch.Generator().manual_seed(3)], output_type="latent").images
