@@ -112,19 +112,52 @@ def _folder_family(folder: Path) -> str:
     return "sd2" if te.get("hidden_size") == 1024 else "sd1"
 
 
+CONFIG_FOR_FAMILY = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl-base", "sdxl_refiner": "sdxl-refiner"}
+"""Shipped config folder per detected family. SD 2.x 768-v and 2.x-base checkpoints have the same
+keys; 'auto' picks the 768 v-prediction one (2.1), config="sd2-base" names the other."""
+
+
+def config_folder_name(family: str, inpainting: bool) -> str:
+    return CONFIG_FOR_FAMILY[family] + ("-inpainting" if inpainting else "")
+
+
 def _config_folder(ctx: Context, config: str, family: str, inpainting: bool) -> Path:
     if config != "auto":
         local = CONFIGS_DIR / config
         if (local / "model_index.json").is_file():
             return local
         return resolve_model(ctx, "configs", config, "config")
-    name = family.replace("_", "-") + ("-inpainting" if inpainting else "")
+    name = config_folder_name(family, inpainting)
     folder = CONFIGS_DIR / name
     if not (folder / "model_index.json").is_file():
+        have = sorted(p.parent.name for p in CONFIGS_DIR.glob("*/model_index.json"))
         raise NodeInputError("config", f"no shipped config for a {name} checkpoint "
-                                       f"(have: {', '.join(sorted(p.name for p in CONFIGS_DIR.glob('*/') if p.is_dir())) or 'none'}); "
+                                       f"(have: {', '.join(have) or 'none'}); "
                                        "name a config folder with the config input")
     return folder
+
+
+def shared_clip_tokenizer(folder: Path):
+    """The CLIPTokenizer a config folder describes: its tokenizer_config.json (padding differs:
+    '<|endoftext|>' for OpenAI CLIP, '!' for OpenCLIP) over the CLIP vocabulary shipped once in
+    nodes/configs/clip-tokenizer (tools/build_clip_tokenizer.py)."""
+    from transformers import CLIPTokenizer
+
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings.pop("tokenizer_class", None)
+    shared = CONFIGS_DIR / "clip-tokenizer"
+    return CLIPTokenizer(str(shared / "vocab.json"), str(shared / "merges.txt"), **settings)
+
+
+def _config_tokenizers(config_dir: Path) -> dict:
+    """Tokenizers to hand to from_single_file for a config folder that carries only their settings."""
+    out = {}
+    for slot in ("tokenizer", "tokenizer_2"):
+        folder = config_dir / slot
+        has_vocab = any((folder / f).is_file() for f in ("vocab.json", "tokenizer.json"))
+        if (folder / "tokenizer_config.json").is_file() and not has_vocab:
+            out[slot] = shared_clip_tokenizer(folder)
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -169,7 +202,8 @@ def _load_components(path: Path, family: str, config_dir: Path | None, dtype: to
     inpainting = family.endswith("-inpainting")
     family = family.removesuffix("-inpainting")
     pipe = _pipeline_class(family, inpainting).from_single_file(
-        str(path), config=str(config_dir), local_files_only=True, torch_dtype=dtype)
+        str(path), config=str(config_dir), local_files_only=True, torch_dtype=dtype,
+        **_config_tokenizers(config_dir))
     tokenizers = [t for t in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)) if t is not None]
     encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if e is not None]
     return {"unet": pipe.unet, "vae": pipe.vae, "scheduler_config": dict(pipe.scheduler.config),
