@@ -46,9 +46,10 @@ def _input_path(settings: Settings, name: str) -> Path:
     return path
 
 
-def _image_fingerprint(name: str, settings: Settings | None = None, **_) -> str:
+def _image_fingerprint(name: str, *, settings: Settings, **_) -> str:
+    """The file's content digest, in the run's configured input folder."""
     try:
-        return file_digest(_input_path(settings or Settings(), name))
+        return file_digest(_input_path(settings, name))
     except NodeInputError:
         return f"missing:{name}"
 

@@ -37,16 +37,16 @@ class CheckpointOutputs(NamedTuple):
     vae: Vae
 
 
-def _fingerprint_file(kind: str, name: str, settings: Settings | None = None) -> str:
-    """Content digest of the named model (the engine hands fingerprints literal inputs only;
-    `settings`, when the engine passes it, says where the models folders are)."""
+def _fingerprint_file(kind: str, name: str, settings: Settings) -> str:
+    """Content digest of the named model, found in the run's configured models folders (the
+    engine passes `settings` to fingerprints that declare it)."""
     try:
-        return file_digest(resolve_model(settings or Settings(), kind, name))
+        return file_digest(resolve_model(settings, kind, name))
     except NodeInputError:
         return f"missing:{kind}/{name}"
 
 
-def _checkpoint_fingerprint(name: str, config: str = "auto", settings: Settings | None = None, **_) -> str:
+def _checkpoint_fingerprint(name: str, config: str = "auto", *, settings: Settings, **_) -> str:
     return _fingerprint_file("checkpoints", name, settings) + f"|{config}"
 
 
@@ -262,7 +262,7 @@ class LoraOutputs(NamedTuple):
     text_encoder: TextEncoder
 
 
-def _lora_fingerprint(name: str, settings: Settings | None = None, **_) -> str:
+def _lora_fingerprint(name: str, *, settings: Settings, **_) -> str:
     return _fingerprint_file("loras", name, settings)
 
 

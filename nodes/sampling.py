@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 import torch
@@ -24,7 +26,7 @@ from engine.context import Context
 from engine.errors import NodeInputError
 from engine.node import node
 
-from ._common import on_device, seeded_noise
+from ._common import on_device, option, seeded_noise
 from .lora import activate_unet
 from .text import pad_tokens
 from .types import Conditioning, DiffusionModel, Latent, StepInfo
@@ -128,6 +130,37 @@ def _merge_hook_kwargs(into: dict, extra: dict) -> None:
             into[key] = value
 
 
+_slicing_lock = threading.RLock()
+
+
+@contextmanager
+def attention_slicing(ctx: Context, unet):
+    """With the attention_slicing option (true/"auto": half the heads at a time, "max": one,
+    or a number), compute attention in slices for this sampling run, then restore the UNet's
+    processors. Only layers on diffusers' default processors are sliced: custom ones (the
+    IP-Adapter's) are left as they are. Slicing saves memory and gives the same result."""
+    setting = option(ctx.settings, "attention_slicing", False)
+    if setting in (False, None, 0, "false", "off"):
+        yield
+        return
+    from diffusers.models.attention_processor import (Attention, AttnProcessor, AttnProcessor2_0,
+                                                      SlicedAttnProcessor)
+
+    with _slicing_lock:
+        saved = {}
+        for module in unet.modules():
+            if isinstance(module, Attention) and type(module.processor) in (AttnProcessor, AttnProcessor2_0):
+                heads = module.sliceable_head_dim
+                size = heads // 2 if setting in (True, "auto", "true") else 1 if setting == "max" else int(setting)
+                saved[module] = module.processor
+                module.set_processor(SlicedAttnProcessor(max(1, min(size, heads))))
+        try:
+            yield
+        finally:
+            for module, processor in saved.items():
+                module.set_processor(processor)
+
+
 @torch.no_grad()
 def run_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning, latent: Latent,
             negative: Conditioning | None = None, seed: int = 0, steps: int = 20, cfg: float = 7.0,
@@ -207,7 +240,7 @@ def run_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning, lat
     # 7. Denoising loop
     activate_unet(model)
     total = len(timesteps)
-    with on_device(ctx, unet):
+    with on_device(ctx, unet), attention_slicing(ctx, unet):
         for i, t in enumerate(timesteps):
             model_input = torch.cat([latents] * len(groups)) if do_cfg else latents
             model_input = sched.scale_model_input(model_input, t)

@@ -93,7 +93,9 @@ def _hidden(te: TextEncoder, encoder, ids: torch.Tensor, sdxl: bool) -> tuple[to
         return out.hidden_states[-(te.clip_skip + 2)], pooled
     if te.clip_skip:
         hidden = out.hidden_states[-(te.clip_skip + 1)]
-        return encoder.text_model.final_layer_norm(hidden), None
+        # transformers 5's CLIPTextModel holds final_layer_norm itself (4.x: under .text_model)
+        final_norm = getattr(encoder, "text_model", encoder).final_layer_norm
+        return final_norm(hidden), None
     return out[0], None
 
 
@@ -136,13 +138,25 @@ def _to_cpu(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().float().cpu()
 
 
+ClipSkip = Annotated[int, Field(ge=0, le=24, description="layers to skip from the end: 0 = the model's "
+                                                         "default layer, 1 = one earlier (A1111's 'Clip skip: 2')")]
+
+
 @node("encode_text", category="conditioning", version=1)
-def encode_text(ctx: Context, text_encoder: TextEncoder, text: str) -> Conditioning:
+def encode_text(ctx: Context, text_encoder: TextEncoder, text: str, clip_skip: ClipSkip = 0) -> Conditioning:
     """Encode a prompt with the checkpoint's text encoder(s). Supports `(word:1.3)` weights and
     prompts longer than the encoder's context (encoded in chunks). For SDXL this uses both
-    encoders with default micro-conditioning (the sampled image size)."""
+    encoders with default micro-conditioning (the sampled image size). clip_skip takes the
+    prompt from an earlier layer, as diffusers' pipelines' `clip_skip` does."""
     from ._common import on_device
 
+    if clip_skip:
+        layers = min(e.config.num_hidden_layers for e in text_encoder.encoders)
+        if clip_skip >= layers:
+            from engine.errors import NodeInputError
+            raise NodeInputError("clip_skip", f"clip_skip {clip_skip} skips every layer of a "
+                                              f"{layers}-layer text encoder")
+        text_encoder = text_encoder.with_patch(clip_skip=clip_skip)
     with on_device(ctx, *text_encoder.encoders):
         embeds, pooled, pad = encode_prompt(text_encoder, text)
     return Conditioning(_to_cpu(embeds), _to_cpu(pooled), _to_cpu(pad), family=text_encoder.family, text=text)
@@ -156,15 +170,16 @@ def encode_text_sdxl(ctx: Context, text_encoder: TextEncoder, text: str,
                      target_height: Annotated[int, Field(ge=0, le=16384)] = 0,
                      crop_top: Annotated[int, Field(ge=0, le=16384)] = 0,
                      crop_left: Annotated[int, Field(ge=0, le=16384)] = 0,
-                     aesthetic_score: Annotated[float, Field(ge=0, le=10)] = 6.0) -> Conditioning:
+                     aesthetic_score: Annotated[float, Field(ge=0, le=10)] = 6.0,
+                     clip_skip: ClipSkip = 0) -> Conditioning:
     """Encode a prompt for SDXL (both text encoders, pooled embeddings) with explicit
     micro-conditioning: original and target size (0 = the sampled image size), crop
-    coordinates, and the refiner's aesthetic score."""
+    coordinates, and the refiner's aesthetic score; clip_skip as in encode_text."""
     from engine.errors import NodeInputError
 
     if not text_encoder.family.startswith("sdxl"):
         raise NodeInputError("text_encoder", f"encode_text_sdxl needs an SDXL text encoder, got {text_encoder.family}")
-    cond = encode_text(ctx, text_encoder, text)
+    cond = encode_text(ctx, text_encoder, text, clip_skip)
     return cond.replace(
         original_size=[original_height, original_width] if original_width and original_height else None,
         target_size=[target_height, target_width] if target_width and target_height else None,
