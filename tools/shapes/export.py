@@ -37,9 +37,9 @@ def load_trained_controlnet(unet):
 
 def main() -> None:
     pipeline = build_pipeline()
-    controlnet_trained = (
-        resumable.load_checkpoint(paths.WORKDIR / "controlnet") is not None
-    )
+    controlnet_trained = resumable.checkpoint_path(
+        paths.WORKDIR / "controlnet"
+    ).exists()
     controlnet = load_trained_controlnet(pipeline.unet) if controlnet_trained else None
     pipeline.to(torch.float16).save_pretrained(
         paths.CHECKPOINT_DIR, safe_serialization=True

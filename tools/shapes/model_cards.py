@@ -38,23 +38,24 @@ anything. Stock diffusers/transformers classes in fp16 safetensors; load it with
 (fp32 on the CPU: fp16 CPU inference is slow or unsupported).
 
 ## What it can and cannot draw
-It draws {data.IMAGE_SIZE}x{data.IMAGE_SIZE} images of one circle, square or triangle in red, green, blue, yellow,
-white or black on a plain background of another of those colours, from prompts of the form {PROMPT_FORM}.
+It draws {data.IMAGE_SIZE}x{data.IMAGE_SIZE} images of one circle, square or triangle in red, green, blue,
+yellow, white or black on a plain background of another of those colours, from prompts of the form
+{PROMPT_FORM}.
 Nothing else: other words are valid input (the tokenizer falls back to bytes) but mean nothing to the
 model; other sizes are untrained; the same colour for shape and background never occurs in training.
 
 ## How it was trained (`tools/shapes/`, deterministic, seed {train.SEED})
 - Data: images drawn on the fly with PIL at {data.SUPERSAMPLE}x and box-downsampled (anti-aliased edges), shape
-  size {data.MIN_SHAPE_SIZE}-{data.MAX_SHAPE_SIZE} px at a random position; one parameter tuple in
-  {data.HELD_OUT_ONE_IN} (shape, colours, size, position) is held out of training for evaluation.
+  size {data.MIN_SHAPE_SIZE}-{data.MAX_SHAPE_SIZE} px at a random position; one parameter tuple (shape, colours,
+  size, position) in {data.HELD_OUT_ONE_IN} is held out of training for evaluation.
 - VAE (AutoencoderKL 16/32/64 channels, 4x down-sampling to {data.IMAGE_SIZE // 4}x{data.IMAGE_SIZE // 4}x4 latents):
   {stage_summary("vae")}, 32x32 crops then full images; reconstruction PSNR {latents["psnr"]:.1f} dB;
   scaling factor {latents["scaling_factor"]:.4f}.
 - UNet (UNet2DConditionModel 32/64/128, cross-attention 64) and text encoder (CLIPTextModel, width 64,
   2 layers, {MAX_LENGTH} positions) trained jointly on {train.NUM_TRAINING_IMAGES} pre-encoded images:
   {stage_summary("unet")}, batch {train.UNET_BATCH}, v-prediction, cosine (squaredcos_cap_v2) schedule,
-  min-SNR weighting (gamma {train.MIN_SNR_GAMMA:g}), {train.CAPTION_DROPOUT:.0%} caption dropout for
-  classifier-free guidance; the exported weights are the EMA.
+  min-SNR weighting (gamma {train.MIN_SNR_GAMMA:g}), {train.CAPTION_DROPOUT:.0%} caption dropout for classifier-free
+  guidance; the exported weights are the EMA.
 - Tokenizer: CLIPTokenizer over CLIP's 256 byte symbols plus merges that make every caption word one token.
 
 ## Recommended use
@@ -88,5 +89,5 @@ other objects give unpredictable results, and it knows nothing beyond the base m
 
 def write_all(evaluation: dict | None) -> None:
     (paths.CHECKPOINT_DIR / "README.md").write_text(pipeline_card(evaluation))
-    if (paths.CONTROLNET_DIR / "config.json").exists():
+    if resumable.checkpoint_path(paths.WORKDIR / "controlnet").exists():
         (paths.CONTROLNET_DIR / "README.md").write_text(controlnet_card(evaluation))
