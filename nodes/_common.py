@@ -43,6 +43,17 @@ def resolve_model(ctx_or_settings: Any, kind: str, name: str, input_name: str = 
         raise NodeInputError(input_name, str(exc)) from None
 
 
+def fingerprint_model(settings: Settings, kind: str, name: str) -> str:
+    """Content digest of models/<kind>/<name> in the run's configured folders; a missing file
+    gets a stable marker so the node itself reports it, naming its input, when it runs."""
+    from engine.models import file_digest
+
+    try:
+        return file_digest(resolve_model(settings, kind, name))
+    except NodeInputError:
+        return f"missing:{kind}/{name}"
+
+
 def seeded_noise(shape: tuple[int, ...], seed: int, offsets: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
     """Gaussian noise [B, ...] where item i comes from its own CPU generator seeded seed + offsets[i].
 

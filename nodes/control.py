@@ -24,19 +24,11 @@ from engine.models import file_digest
 from engine.node import node
 from engine.settings import Settings
 
-from ._common import resolve_model, torch_dtype
+from ._common import fingerprint_model, resolve_model, torch_dtype
 from .control_types import ControlNet
 from .types import DiffusionModel, Image, StepInfo
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-def fingerprint_model(kind: str, name: str) -> str:
-    """Content digest of models/<kind>/<name> as the planner sees it (default settings)."""
-    try:
-        return file_digest(resolve_model(Settings(), kind, name))
-    except NodeInputError:
-        return f"missing:{kind}/{name}"
 
 
 def _single_file_config(ctx: Context, path: Path, config: str) -> Path:
@@ -84,8 +76,8 @@ def load_controlnet_model(ctx: Context, path: Path, config: str = "auto"):
                                             local_files_only=True, torch_dtype=dtype)
 
 
-def _controlnet_fingerprint(name: str, config: str = "auto", **_) -> str:
-    return fingerprint_model("controlnet", name) + f"|{config}"
+def _controlnet_fingerprint(name: str, settings: Settings, config: str = "auto", **_) -> str:
+    return fingerprint_model(settings, "controlnet", name) + f"|{config}"
 
 
 @node("load_controlnet", category="control", version=1, fingerprint=_controlnet_fingerprint)

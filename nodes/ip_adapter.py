@@ -32,8 +32,10 @@ from engine.errors import NodeInputError
 from engine.models import file_digest
 from engine.node import node
 
-from ._common import resolve_model, torch_dtype
-from .control import PICKLE_SUFFIXES, fingerprint_model
+from engine.settings import Settings
+
+from ._common import fingerprint_model, resolve_model, torch_dtype
+from .control import PICKLE_SUFFIXES
 from .control_types import ImageEmbeds, IPAdapter
 from .types import DiffusionModel, Image, StepInfo
 
@@ -67,8 +69,9 @@ def _variant(projection) -> str:
             "IPAdapterFullImageProjection": "full_face"}.get(type(projection).__name__, type(projection).__name__)
 
 
-def _ip_fingerprint(name: str, clip_vision: str, **_) -> str:
-    return fingerprint_model("ipadapter", name) + "|" + fingerprint_model("clip_vision", clip_vision)
+def _ip_fingerprint(name: str, clip_vision: str, settings: Settings, **_) -> str:
+    return (fingerprint_model(settings, "ipadapter", name) + "|"
+            + fingerprint_model(settings, "clip_vision", clip_vision))
 
 
 @node("load_ip_adapter", category="ip_adapter", version=1, fingerprint=_ip_fingerprint,

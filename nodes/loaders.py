@@ -23,7 +23,7 @@ from engine.models import file_digest
 from engine.node import node
 from engine.settings import Settings
 
-from ._common import resolve_model, torch_dtype
+from ._common import fingerprint_model, resolve_model, torch_dtype
 from .types import DiffusionModel, LoraSpec, TextEncoder, Vae
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
@@ -37,17 +37,8 @@ class CheckpointOutputs(NamedTuple):
     vae: Vae
 
 
-def _fingerprint_file(kind: str, name: str, settings: Settings) -> str:
-    """Content digest of the named model, found in the run's configured models folders (the
-    engine passes `settings` to fingerprints that declare it)."""
-    try:
-        return file_digest(resolve_model(settings, kind, name))
-    except NodeInputError:
-        return f"missing:{kind}/{name}"
-
-
 def _checkpoint_fingerprint(name: str, config: str = "auto", *, settings: Settings, **_) -> str:
-    return _fingerprint_file("checkpoints", name, settings) + f"|{config}"
+    return fingerprint_model(settings, "checkpoints", name) + f"|{config}"
 
 
 # ---------------------------------------------------------------------------
@@ -263,7 +254,7 @@ class LoraOutputs(NamedTuple):
 
 
 def _lora_fingerprint(name: str, *, settings: Settings, **_) -> str:
-    return _fingerprint_file("loras", name, settings)
+    return fingerprint_model(settings, "loras", name)
 
 
 @node("load_lora", category="loaders", version=1, fingerprint=_lora_fingerprint)

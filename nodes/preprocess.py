@@ -22,7 +22,9 @@ from engine.context import Context
 from engine.errors import NodeInputError
 from engine.models import ModelNotFound
 from engine.node import node
+from engine.settings import Settings
 
+from ._common import fingerprint_model
 from .control_types import ControlHint
 from .types import Image
 
@@ -148,10 +150,8 @@ def _annotator_files(ctx: Context, detector: str) -> dict[str, str]:
     return files
 
 
-def _annotator_fingerprint(detector: str, **_) -> str:
-    from .control import fingerprint_model
-
-    return "|".join(fingerprint_model("annotators", f) for f in WEIGHTED[detector][2].values())
+def _annotator_fingerprint(detector: str, settings: Settings, **_) -> str:
+    return "|".join(fingerprint_model(settings, "annotators", f) for f in WEIGHTED[detector][2].values())
 
 
 @node("preprocess", category="control/preprocess", version=1, fingerprint=_annotator_fingerprint)

@@ -17,8 +17,9 @@ from pydantic import Field
 
 from engine.context import Context
 from engine.node import node
+from engine.settings import Settings
 
-from .control import fingerprint_model
+from ._common import fingerprint_model
 from .control_types import ClipModel, QualityReport
 from .types import Image
 
@@ -71,8 +72,8 @@ def clip_scores(clip: ClipModel, pixels: torch.Tensor, text: str) -> list[float]
     return [max(0.0, 100.0 * c) for c in cos.tolist()]
 
 
-def _clip_fingerprint(name: str, **_) -> str:
-    return fingerprint_model("clip", name)
+def _clip_fingerprint(name: str, settings: Settings, **_) -> str:
+    return fingerprint_model(settings, "clip", name)
 
 
 @node("load_clip", category="quality", version=1, fingerprint=_clip_fingerprint)

@@ -83,9 +83,9 @@ def check_prompt(text: str, rules: list[Rule]) -> list[str]:
             if r.pattern.search(normalised)]
 
 
-def _blocklist_fingerprint(blocklist: str = "default", **_) -> str:
+def _blocklist_fingerprint(settings: Settings, blocklist: str = "default", **_) -> str:
     try:
-        return file_digest(_blocklist_path(Settings(), blocklist))
+        return file_digest(_blocklist_path(settings, blocklist))
     except NodeInputError:
         return f"missing:{blocklist}"
 

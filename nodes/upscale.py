@@ -20,8 +20,10 @@ from engine.errors import NodeInputError
 from engine.models import file_digest
 from engine.node import node
 
-from ._common import on_device, resolve_model, seeded_noise, torch_dtype
-from .control import PICKLE_SUFFIXES, fingerprint_model
+from engine.settings import Settings
+
+from ._common import fingerprint_model, on_device, resolve_model, seeded_noise, torch_dtype
+from .control import PICKLE_SUFFIXES
 from .control_types import UpscaleModel
 from .types import Image
 
@@ -29,8 +31,8 @@ Resample = Literal["lanczos", "bicubic", "bilinear", "nearest", "area"]
 MIN_TILE = 64
 
 
-def _upscale_fingerprint(name: str, **_) -> str:
-    return fingerprint_model("upscale_models", name)
+def _upscale_fingerprint(name: str, settings: Settings, **_) -> str:
+    return fingerprint_model(settings, "upscale_models", name)
 
 
 @node("load_upscale_model", category="upscale", version=1, fingerprint=_upscale_fingerprint)
@@ -206,8 +208,8 @@ def progressive_upscale(ctx: Context, image: Image,
 # Stable Diffusion x4 upscaler
 # ---------------------------------------------------------------------------
 
-def _sd_upscaler_fingerprint(name: str, **_) -> str:
-    return fingerprint_model("upscale_models", name)
+def _sd_upscaler_fingerprint(name: str, settings: Settings, **_) -> str:
+    return fingerprint_model(settings, "upscale_models", name)
 
 
 def _load_sd_upscaler(ctx: Context, name: str):
