@@ -273,7 +273,7 @@ class _Run:
     def run_node(self, plan: Plan, node_id: str) -> None:
         if self.cancel.cancelled:
             raise Cancelled(f"cancelled before node '{node_id}'")
-        checked, spec, parts = plan.checked, plan.checked.specs[node_id], plan.parts[node_id]
+        spec, parts = plan.checked.specs[node_id], plan.parts[node_id]
         reason = why_not_cached(parts, self.previous.get(node_id), cacheable=spec.cacheable,
                                 use_cache=self.use_cache, evicted=self.ex.cache.was_evicted(parts.key))
         self.publish(NODE_STARTED, node_id, spec.type, reason=reason)

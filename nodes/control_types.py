@@ -7,7 +7,7 @@ numbers and strings, so the engine's disk cache can keep them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import GraphBuilder
 
 from .conftest import load_graph
 

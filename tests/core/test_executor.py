@@ -7,7 +7,6 @@ from engine import (Cache, CancelToken, Cancelled, Executor, Graph, GraphBuilder
                     NodeError)
 from engine.events import NODE_CACHED, NODE_FINISHED, NODE_PROGRESS, RUN_FINISHED, RUN_STARTED
 
-from . import helpers
 from .helpers import chain
 
 

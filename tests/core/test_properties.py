@@ -1,5 +1,4 @@
 """Property tests for the loader, the validator and the cache keys."""
-import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -1,7 +1,7 @@
 """Validation reports every problem at once, each with node id, input and an actionable message."""
 import pytest
 
-from engine import Executor, Graph, GraphError
+from engine import Graph, GraphError
 
 
 def problems(executor, nodes, params=None):

@@ -7,7 +7,6 @@ the shared CLIP vocabulary encodes as CLIP does; each detected family maps to it
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

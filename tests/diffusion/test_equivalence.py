@@ -5,12 +5,11 @@ import pytest
 import torch
 
 from nodes._common import seeded_noise
-from nodes.image import pil_to_image
 from nodes.latent import empty_latent
 from nodes.loaders import load_checkpoint_handles
 from nodes.sampling import run_sampler
 from nodes.text import encode_text, encode_text_sdxl
-from nodes.types import Image, Latent
+from nodes.types import Image
 from nodes.vae import vae_decode, vae_encode
 
 PROMPT = "a red circle on a blue background"
