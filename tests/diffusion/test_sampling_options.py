@@ -2,6 +2,7 @@
 inpainting with a 9-channel UNet equal to diffusers' inpainting pipeline."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from PIL import Image as PILImage
 
@@ -74,8 +75,8 @@ def test_inpainting_unet_matches_the_inpaint_pipeline(ctx):
     pil.paste((255, 0, 0), (16, 16, 48, 48))
     mask_pil = PILImage.new("L", (64, 64), 0)
     mask_pil.paste(255, (24, 8, 56, 40))                     # aligned to the 4-pixel latent grid
-    image = Image(torch.tensor(list(pil.getdata()), dtype=torch.float32).reshape(1, 64, 64, 3) / 255)
-    mask = Mask((torch.tensor(list(mask_pil.getdata()), dtype=torch.float32).reshape(1, 64, 64) / 255))
+    image = Image(torch.tensor(np.asarray(pil), dtype=torch.float32).reshape(1, 64, 64, 3) / 255)
+    mask = Mask((torch.tensor(np.asarray(mask_pil), dtype=torch.float32).reshape(1, 64, 64) / 255))
     latent = vae_encode_inpaint(ctx, vae, image, mask)
     cond, neg = encode_text(ctx, te, PROMPT), encode_text(ctx, te, "")
     ours = run_sampler(ctx, model, cond, latent, neg, seed=5, steps=2, cfg=4.0, scheduler="ddim").samples
