@@ -6,16 +6,10 @@ folder, and loaded back through the real loader nodes.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-torch.set_num_threads(1)
-
-GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 
 
 def randomise_zero_convs(controlnet, seed: int) -> None:
@@ -76,53 +70,6 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="session")
 def models_dir(tiny) -> Path:
     return tiny.root
-
-
-@pytest.fixture(scope="session")
-def shared_models(models_dir):
-    from engine.models import ModelManager, ModelPaths
-
-    return ModelManager(ModelPaths([models_dir]), capacity=32)
-
-
-@pytest.fixture(scope="session")
-def settings_factory(models_dir, tmp_path_factory):
-    from engine import Settings
-
-    def make(**changes):
-        base = tmp_path_factory.mktemp("run")
-        (base / "input").mkdir()
-        values = dict(models_dirs=[models_dir], output_dir=base / "output", input_dir=base / "input")
-        values.update(changes)
-        return Settings(**values)
-    return make
-
-
-@pytest.fixture
-def settings(settings_factory):
-    return settings_factory()
-
-
-@pytest.fixture
-def executor(settings, shared_models):
-    from engine import Executor
-
-    return Executor(settings=settings, models=shared_models)
-
-
-@pytest.fixture
-def ctx(settings, shared_models):
-    from engine import CancelToken, Context, Graph
-
-    return Context(node_id="test", node_type="test", run_id="test", settings=settings,
-                   models=shared_models, graph=Graph(), params={}, cancel_token=CancelToken(),
-                   publish=lambda event: None)
-
-
-def load_graph(name: str):
-    from engine import Graph
-
-    return Graph.load(GRAPHS / name)
 
 
 def make_ip_adapter_state(unet, embed_dim: int, tokens: int = 4, seed: int = 0) -> dict:

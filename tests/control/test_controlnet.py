@@ -6,7 +6,7 @@ import torch
 
 from engine import NodeInputError
 
-from .conftest import load_graph
+from ..conftest import load_graph
 
 
 def _hint(seed: int, size: int = 64) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 
-from .conftest import load_graph
+from ..conftest import load_graph
 
 
 def _reference(seed=5, n=1):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from .conftest import GRAPHS
+from ..conftest import GRAPHS
 
 
 def _avatar_graph(**extra_nodes):

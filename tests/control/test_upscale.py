@@ -87,7 +87,7 @@ def test_sd_x4_upscaler(ctx, upscale_models):
 
 
 def test_upscale_graph(executor, upscale_models):
-    from .conftest import load_graph
+    from ..conftest import load_graph
 
     result = executor.run(load_graph("upscale.json"), {"upscaler": "tiny-esrgan-x2"}).raise_for_status()
     assert result.outputs["save"]["files"]

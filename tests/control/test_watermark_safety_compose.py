@@ -8,6 +8,8 @@ import torch
 
 from engine import NodeInputError
 
+from ..conftest import GRAPHS
+
 
 def _scene(size=256, seed=0):
     from bench.watermark import make_images
@@ -96,7 +98,7 @@ def test_prompt_builders_use_the_tables():
 def test_batch_over_seeds_caches_each_item_and_grid_captions(executor):
     from engine import Graph
 
-    data = json.loads((__import__("tests.control.conftest", fromlist=["GRAPHS"]).GRAPHS / "txt2img.json").read_text())
+    data = json.loads((GRAPHS / "txt2img.json").read_text())
     nodes = data["nodes"]
     nodes["sampler"]["inputs"]["steps"] = 4
     nodes["batch"] = {"type": "batch_over", "inputs": {"image": ["decode", "image"],

@@ -130,8 +130,8 @@ def mangled_documents(draw):
     for _ in range(draw(st.integers(1, 4))):
         target = draw(st.sampled_from(node_ids))
         mutation = draw(st.integers(0, 6))
-        if not isinstance(nodes.get(target), dict):
-            continue
+        if not isinstance(nodes.get(target), dict) or not isinstance(nodes[target].get("inputs"), dict):
+            continue  # already replaced wholesale
         if mutation == 0:
             nodes[target] = draw(json_values)
         elif mutation == 1:

@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 
 from engine import Graph, GraphError, NodeError
 
-from .conftest import GRAPHS, load_graph
+from ..conftest import GRAPHS, load_graph
 
 FAST = {"model": "tiny-sd", "steps": 3}
 

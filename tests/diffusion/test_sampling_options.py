@@ -14,7 +14,7 @@ from nodes.text import encode_text
 from nodes.types import Image, Mask
 from nodes.vae import vae_encode_inpaint
 
-from .conftest import load_graph
+from ..conftest import load_graph
 from .test_equivalence import PROMPT, _generators, _pipeline
 
 
