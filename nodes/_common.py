@@ -43,6 +43,28 @@ def resolve_model(ctx_or_settings: Any, kind: str, name: str, input_name: str = 
         raise NodeInputError(input_name, str(exc)) from None
 
 
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def refuse_pickle(settings: Settings, path: Path, input_name: str = "name") -> None:
+    """Pickle files can run code when loaded: refused unless the user opted in (and then they
+    are read with weights_only)."""
+    if path.suffix in PICKLE_SUFFIXES and not settings.allow_pickle:
+        raise NodeInputError(input_name, f"{path.name} is a pickle file, which can run code when loaded; "
+                                         "convert it to .safetensors or opt in with the allow_pickle "
+                                         "setting (it is then read with weights_only)")
+
+
+def read_state_dict(settings: Settings, path: Path, input_name: str = "name") -> dict:
+    """Tensors of a .safetensors file, or of a pickle file when the user allows pickles."""
+    refuse_pickle(settings, path, input_name)
+    if path.suffix in PICKLE_SUFFIXES:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
 def fingerprint_model(settings: Settings, kind: str, name: str) -> str:
     """Content digest of models/<kind>/<name> in the run's configured folders; a missing file
     gets a stable marker so the node itself reports it, naming its input, when it runs."""

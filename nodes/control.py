@@ -24,12 +24,9 @@ from engine.models import file_digest
 from engine.node import node
 from engine.settings import Settings
 
-from ._common import fingerprint_model, resolve_model, torch_dtype
+from ._common import fingerprint_model, read_state_dict, resolve_model, torch_dtype
 from .control_types import ControlNet
 from .types import DiffusionModel, Image, StepInfo
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
 
 def _single_file_config(ctx: Context, path: Path, config: str) -> Path:
     """The config folder or file for a single-file ControlNet: the `config` input (a folder
@@ -53,15 +50,7 @@ def load_controlnet_model(ctx: Context, path: Path, config: str = "auto"):
             raise NodeInputError("name", f"{path.name} is a folder without config.json "
                                          "(not a diffusers ControlNet)")
         return ControlNetModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
-    if path.suffix in PICKLE_SUFFIXES:
-        if not ctx.settings.allow_pickle:
-            raise NodeInputError("name", f"{path.name} is a pickle file, which can run code when loaded; "
-                                         "convert it to .safetensors or opt in with the allow_pickle setting")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
+    state = read_state_dict(ctx.settings, path)
     cfg_path = _single_file_config(ctx, path, config)
     if "controlnet_cond_embedding.conv_in.weight" in state:   # diffusers key layout
         cfg_file = cfg_path if cfg_path.is_file() else cfg_path / "config.json"

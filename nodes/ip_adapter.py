@@ -34,8 +34,7 @@ from engine.node import node
 
 from engine.settings import Settings
 
-from ._common import fingerprint_model, resolve_model, torch_dtype
-from .control import PICKLE_SUFFIXES
+from ._common import PICKLE_SUFFIXES, fingerprint_model, read_state_dict, resolve_model, torch_dtype
 from .control_types import ImageEmbeds, IPAdapter
 from .types import DiffusionModel, Image, StepInfo
 
@@ -45,15 +44,10 @@ from .types import DiffusionModel, Image, StepInfo
 # ---------------------------------------------------------------------------
 
 def _read_state(ctx: Context, path) -> dict:
-    if path.suffix in PICKLE_SUFFIXES:
-        if not ctx.settings.allow_pickle:
-            raise NodeInputError("name", f"{path.name} is a pickle file, which can run code when loaded; "
-                                         "convert it to .safetensors or opt in with the allow_pickle setting")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    flat = read_state_dict(ctx.settings, path)
+    if path.suffix in PICKLE_SUFFIXES:  # pickles already nest {"image_proj": ..., "ip_adapter": ...}
+        state = flat
     else:
-        from safetensors.torch import load_file
-
-        flat = load_file(str(path))
         state = {"image_proj": {}, "ip_adapter": {}}
         for key, value in flat.items():
             head, _, rest = key.partition(".")

@@ -23,11 +23,10 @@ from engine.models import file_digest
 from engine.node import node
 from engine.settings import Settings
 
-from ._common import fingerprint_model, resolve_model, torch_dtype
+from ._common import PICKLE_SUFFIXES, fingerprint_model, read_state_dict, refuse_pickle, resolve_model, torch_dtype
 from .types import DiffusionModel, LoraSpec, TextEncoder, Vae
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
 
 
@@ -45,14 +44,10 @@ def _checkpoint_fingerprint(name: str, config: str = "auto", *, settings: Settin
 # family detection
 # ---------------------------------------------------------------------------
 
-def single_file_keys(path: Path, allow_pickle: bool) -> dict[str, tuple]:
+def single_file_keys(path: Path, settings: Settings) -> dict[str, tuple]:
     """Key -> shape of a single-file checkpoint, without loading the tensors of a safetensors file."""
     if path.suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise NodeInputError("name", f"{path.name} is a pickle file, which can run code when "
-                                         "loaded; convert it to .safetensors or opt in with the "
-                                         "allow_pickle setting (it is then read with weights_only)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state_dict(settings, path)
         while isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
@@ -211,7 +206,7 @@ def load_checkpoint_handles(ctx: Context, name: str, config: str = "auto") -> Ch
                                          "(not a diffusers checkpoint)")
         family, inpainting, config_dir = _folder_family(path), None, None
     else:
-        family, inpainting = detect_family(single_file_keys(path, ctx.settings.allow_pickle))
+        family, inpainting = detect_family(single_file_keys(path, ctx.settings))
         config_dir = _config_folder(ctx, config, family, inpainting)
     digest = file_digest(path)
     identity = f"{digest}|{config_dir.name if config_dir else ''}|{device}|{dtype}"
@@ -265,9 +260,7 @@ def load_lora(ctx: Context, model: DiffusionModel, text_encoder: TextEncoder, na
     the text encoder with its own strengths. Chain the node to stack several LoRAs; the base
     model in memory is shared and left unchanged."""
     path = resolve_model(ctx, "loras", name)
-    if path.suffix in PICKLE_SUFFIXES and not ctx.settings.allow_pickle:
-        raise NodeInputError("name", f"{path.name} is a pickle file; convert it to .safetensors "
-                                     "or opt in with the allow_pickle setting")
+    refuse_pickle(ctx.settings, path)
     from . import lora as lora_mod
 
     spec = LoraSpec(name=name, path=str(path), digest=file_digest(path),

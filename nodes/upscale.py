@@ -22,8 +22,7 @@ from engine.node import node
 
 from engine.settings import Settings
 
-from ._common import fingerprint_model, on_device, resolve_model, seeded_noise, torch_dtype
-from .control import PICKLE_SUFFIXES
+from ._common import fingerprint_model, on_device, refuse_pickle, resolve_model, seeded_noise, torch_dtype
 from .control_types import UpscaleModel
 from .types import Image
 
@@ -42,9 +41,7 @@ def load_upscale_model(ctx: Context, name: str) -> UpscaleModel:
     from spandrel import ImageModelDescriptor, ModelLoader
 
     path = resolve_model(ctx, "upscale_models", name)
-    if path.suffix in PICKLE_SUFFIXES and not ctx.settings.allow_pickle:
-        raise NodeInputError("name", f"{path.name} is a pickle file, which can run code when loaded; "
-                                     "convert it to .safetensors or opt in with the allow_pickle setting")
+    refuse_pickle(ctx.settings, path)
     if path.is_dir():
         raise NodeInputError("name", f"{path.name} is a folder; an upscale model is one file "
                                      "(the SD x4 upscaler folder goes to the sd_upscale node)")
