@@ -74,12 +74,17 @@ def _settings(args) -> Settings:
         output_dir=Path(args.out), input_dir=Path(args.input_dir),
         models_dirs=[Path(d) for d in (args.models_dir or ["models"])],
         extra_model_paths=Path(args.extra_model_paths) if args.extra_model_paths else None,
+        digest_memo_dir=_cache_dir(args) / "digests",
         options=_parse_assignments(args.option, "--option"))
     return settings
 
 
+def _cache_dir(args) -> Path:
+    return Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
+
+
 def _executor(args, use_disk: bool = True) -> Executor:
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache_dir = _cache_dir(args)
     disk = DiskCache(cache_dir / "results", budget_bytes=int(args.cache_disk_gb * 2**30)) if use_disk else None
     return Executor(registry=Registry.default(), settings=_settings(args),
                     cache=Cache(MemoryCache(int(args.cache_memory_gb * 2**30)), disk),
@@ -165,7 +170,7 @@ def cmd_nodes(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache_dir = _cache_dir(args)
     disk = DiskCache(cache_dir / "results")
     if args.action == "clear":
         disk.clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -89,13 +90,23 @@ def _read_extra_paths(path: Path) -> dict[str, list[Path]]:
 _digest_memo: dict[tuple, str] = {}
 
 
-def file_digest(path: Path | str) -> str:
-    """Content hash of a file or folder (all files in it), memoised by size and mtime."""
-    path = Path(path)
+def file_digest(path: Path | str, memo_dir: Path | None = None) -> str:
+    """Content hash of a file or folder (all files in it), memoised by path, size and mtime.
+
+    With `memo_dir` the memo outlives the process, so a new `loom run` does not re-read a
+    multi-gigabyte checkpoint that has not changed.
+    """
+    path = Path(path).resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    stamp = tuple((str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
+    stamp = tuple((str(p), st.st_size, st.st_mtime_ns, st.st_ino) for p in files for st in [p.stat()])
     cached = _digest_memo.get(stamp)
+    memo_file = None
+    if memo_dir is not None:
+        memo_file = Path(memo_dir) / hashlib.blake2b(repr(stamp).encode(), digest_size=16).hexdigest()
+        if cached is None and memo_file.is_file():
+            cached = memo_file.read_text().strip() or None
     if cached is not None:
+        _digest_memo[stamp] = cached
         return cached
     h = hashlib.blake2b(digest_size=16)
     for p in files:
@@ -105,7 +116,20 @@ def file_digest(path: Path | str) -> str:
                 h.update(block)
     digest = h.hexdigest()
     _digest_memo[stamp] = digest
+    if memo_file is not None:
+        _write_atomically(memo_file, digest)
     return digest
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a memo that cannot be written only costs a re-read next time
 
 
 class ModelManager:

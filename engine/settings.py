@@ -19,4 +19,5 @@ class Settings:
     models_dirs: list[Path] = field(default_factory=lambda: [Path("models")])
     extra_model_paths: Path | None = None
     allow_pickle: bool = False
+    digest_memo_dir: Path | None = None   # where file digests are remembered across processes
     options: dict[str, Any] = field(default_factory=dict)

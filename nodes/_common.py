@@ -71,7 +71,7 @@ def fingerprint_model(settings: Settings, kind: str, name: str) -> str:
     from engine.models import file_digest
 
     try:
-        return file_digest(resolve_model(settings, kind, name))
+        return file_digest(resolve_model(settings, kind, name), settings.digest_memo_dir)
     except NodeInputError:
         return f"missing:{kind}/{name}"
 

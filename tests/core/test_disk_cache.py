@@ -110,3 +110,21 @@ def test_corrupt_upstream_entry_is_recomputed(registry, tmp_path):
     result = ex.run(g.build())
     assert result.outputs["out"]["value"] == 10.0
     assert result.ran == ["n2", "n3", "out"] and result.cached == ["n1"]
+
+
+def test_file_digests_are_remembered_across_processes(tmp_path, monkeypatch):
+    from engine import models
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"w" * 1000)
+    memo = tmp_path / "digests"
+    first = models.file_digest(weights, memo)
+    monkeypatch.setattr(models, "_digest_memo", {})     # a new process: empty in-memory memo
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: reads.append(p) or real_open(p, *a, **k))
+    assert models.file_digest(weights, memo) == first
+    assert str(weights) not in map(str, reads)          # answered from the memo, not re-read
+    monkeypatch.setattr("builtins.open", real_open)
+    weights.write_bytes(b"x" * 1000)                     # an edit changes the stamp
+    assert models.file_digest(weights, memo) != first
