@@ -32,6 +32,25 @@ class Lazy(Generic[T]):
 _JSON_SCALARS = (int, float, str, bool, type(None))
 
 
+def file_input(folder: Literal["input", "output"], **constraints: Any) -> Any:
+    """A string input naming a file in the run's input or output folder.
+
+    The schema says so (`x-loom-path`), so the server and user interfaces check and
+    offer such names without guessing from input names; the node still resolves the
+    name with `engine.paths.contained`.
+    """
+    from pydantic import Field
+
+    return Annotated[str, Field(min_length=1, json_schema_extra={"x-loom-path": folder}, **constraints)]
+
+
+def model_name(kind: str, **constraints: Any) -> Any:
+    """A string input naming a model under models/<kind> (`x-loom-model` in the schema)."""
+    from pydantic import Field
+
+    return Annotated[str, Field(min_length=1, json_schema_extra={"x-loom-model": kind}, **constraints)]
+
+
 def strip_annotated(tp: Any) -> Any:
     while get_origin(tp) is Annotated:
         tp = get_args(tp)[0]

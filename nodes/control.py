@@ -23,6 +23,7 @@ from engine.errors import NodeInputError
 from engine.models import file_digest
 from engine.node import node
 from engine.settings import Settings
+from engine.types import model_name
 
 from ._common import fingerprint_model, read_state_dict, resolve_model, torch_dtype
 from .control_types import ControlNet
@@ -70,7 +71,7 @@ def _controlnet_fingerprint(name: str, settings: Settings, config: str = "auto",
 
 
 @node("load_controlnet", category="control", version=1, fingerprint=_controlnet_fingerprint)
-def load_controlnet(ctx: Context, name: str,
+def load_controlnet(ctx: Context, name: model_name("controlnet"),
                     config: Annotated[str, Field(description="config for a single file: 'auto' reads "
                                                              "<name>.json beside it")] = "auto") -> ControlNet:
     """Load a ControlNet from models/controlnet: a diffusers folder, or a single .safetensors

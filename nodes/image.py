@@ -25,6 +25,7 @@ from engine.models import file_digest
 from engine.node import node
 from engine.paths import UnsafePath, contained
 from engine.settings import Settings
+from engine.types import file_input
 
 from .types import Image, Mask
 
@@ -69,7 +70,7 @@ def image_to_pil(image: Image, index: int = 0):
 
 
 @node("load_image", category="image", version=1, fingerprint=_image_fingerprint)
-def load_image(ctx: Context, name: str) -> ImageAndMask:
+def load_image(ctx: Context, name: file_input("input")) -> ImageAndMask:
     """Load an image from the input folder: RGB pixels, and a mask from its alpha channel
     (transparent pixels = 1, the area to paint)."""
     from PIL import Image as PILImage, UnidentifiedImageError
@@ -145,7 +146,7 @@ def write_png_unique(folder: Path, stem: str, pil, pnginfo) -> Path:
 
 @node("save_image", category="image", version=1, output_node=True, output="files")
 def save_image(ctx: Context, images: Image,
-               prefix: Annotated[str, Field(min_length=1, max_length=200)] = "loom",
+               prefix: file_input("output", max_length=200) = "loom",
                embed_graph: bool = True) -> list[str]:
     """Save images as PNG in the output folder (prefix may name a subfolder), with the graph and
     its params embedded so `loom run IMAGE.png` reproduces it. Returns the file paths."""

@@ -33,6 +33,7 @@ from engine.models import file_digest
 from engine.node import node
 
 from engine.settings import Settings
+from engine.types import model_name
 
 from ._common import PICKLE_SUFFIXES, fingerprint_model, read_state_dict, resolve_model, torch_dtype
 from .control_types import ImageEmbeds, IPAdapter
@@ -70,7 +71,7 @@ def _ip_fingerprint(name: str, clip_vision: str, settings: Settings, **_) -> str
 
 @node("load_ip_adapter", category="ip_adapter", version=1, fingerprint=_ip_fingerprint,
       output="ip_adapter")
-def load_ip_adapter(ctx: Context, name: str, clip_vision: str) -> IPAdapter:
+def load_ip_adapter(ctx: Context, name: model_name("ipadapter"), clip_vision: model_name("clip_vision")) -> IPAdapter:
     """Load IP-Adapter weights (models/ipadapter, .safetensors with image_proj.* / ip_adapter.*
     keys, or a .bin with allow_pickle) and the CLIP vision encoder they were trained with
     (a CLIPVisionModelWithProjection folder in models/clip_vision)."""

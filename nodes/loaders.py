@@ -22,6 +22,7 @@ from engine.errors import NodeInputError
 from engine.models import file_digest
 from engine.node import node
 from engine.settings import Settings
+from engine.types import model_name
 
 from ._common import PICKLE_SUFFIXES, fingerprint_model, read_state_dict, refuse_pickle, resolve_model, torch_dtype
 from .types import DiffusionModel, LoraSpec, TextEncoder, Vae
@@ -230,7 +231,7 @@ def load_checkpoint_handles(ctx: Context, name: str, config: str = "auto") -> Ch
 
 
 @node("load_checkpoint", category="loaders", version=1, fingerprint=_checkpoint_fingerprint)
-def load_checkpoint(ctx: Context, name: str,
+def load_checkpoint(ctx: Context, name: model_name("checkpoints"),
                     config: Annotated[str, Field(description="config folder for a single file: "
                                                              "'auto' picks one from its keys")] = "auto"
                     ) -> CheckpointOutputs:
@@ -253,7 +254,7 @@ def _lora_fingerprint(name: str, *, settings: Settings, **_) -> str:
 
 
 @node("load_lora", category="loaders", version=1, fingerprint=_lora_fingerprint)
-def load_lora(ctx: Context, model: DiffusionModel, text_encoder: TextEncoder, name: str,
+def load_lora(ctx: Context, model: DiffusionModel, text_encoder: TextEncoder, name: model_name("loras"),
               strength_model: Annotated[float, Field(ge=-10, le=10)] = 1.0,
               strength_clip: Annotated[float, Field(ge=-10, le=10)] = 1.0) -> LoraOutputs:
     """Apply a LoRA from models/loras (diffusers, kohya or LCM-LoRA .safetensors) to the model and

@@ -18,6 +18,7 @@ from pydantic import Field
 from engine.context import Context
 from engine.node import node
 from engine.settings import Settings
+from engine.types import model_name
 
 from ._common import fingerprint_model
 from .control_types import ClipModel, QualityReport
@@ -77,7 +78,7 @@ def _clip_fingerprint(name: str, settings: Settings, **_) -> str:
 
 
 @node("load_clip", category="quality", version=1, fingerprint=_clip_fingerprint)
-def load_clip(ctx: Context, name: str) -> ClipModel:
+def load_clip(ctx: Context, name: model_name("clip")) -> ClipModel:
     """Load a CLIP model (transformers CLIPModel folder with its tokenizer) from models/clip,
     for CLIP scores."""
     from ._common import resolve_model

@@ -18,10 +18,8 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-from pydantic import Field
 
 from engine.context import Context
 from engine.errors import NodeInputError
@@ -29,6 +27,7 @@ from engine.models import file_digest
 from engine.node import node
 from engine.paths import UnsafePath, contained
 from engine.settings import Settings
+from engine.types import file_input
 
 from .types import Image
 
@@ -91,7 +90,7 @@ def _blocklist_fingerprint(settings: Settings, blocklist: str = "default", **_) 
 
 
 @node("prompt_filter", category="safety", version=1, fingerprint=_blocklist_fingerprint, output="text")
-def prompt_filter(ctx: Context, text: str, blocklist: str = "default") -> str:
+def prompt_filter(ctx: Context, text: str, blocklist: file_input("input") = "default") -> str:
     """Pass the prompt through unchanged, or stop the run with the rule it broke and why."""
     path = _blocklist_path(ctx.settings, blocklist)
     reasons = check_prompt(text, parse_rules(path.read_text(), path.name))
@@ -108,7 +107,7 @@ def pixel_hash(image: Image, index: int) -> str:
 
 @node("generation_log", category="safety", version=1, output_node=True, cache=False, output="entries")
 def generation_log(ctx: Context, images: Image, prompt: str = "", seed: int = -1,
-                   log: Annotated[str, Field(min_length=1, max_length=200)] = "generation_log.jsonl",
+                   log: file_input("output", max_length=200) = "generation_log.jsonl",
                    note: str = "") -> list[str]:
     """Append one JSON line per image to a log in the output folder: time, run id, graph,
     params, prompt, seed, pixel hash. Never cached: every run is logged."""
@@ -135,7 +134,7 @@ def generation_log(ctx: Context, images: Image, prompt: str = "", seed: int = -1
 
 @node("save_image_provenance", category="safety", version=1, output_node=True, output="files")
 def save_image_provenance(ctx: Context, images: Image,
-                          prefix: Annotated[str, Field(min_length=1, max_length=200)] = "loom",
+                          prefix: file_input("output", max_length=200) = "loom",
                           watermark: str = "", model: str = "", prompt: str = "",
                           embed_graph: bool = True) -> list[str]:
     """Save PNGs like save_image (graph embedded) plus provenance text fields: `ai_generated`,

@@ -21,6 +21,7 @@ from engine.models import file_digest
 from engine.node import node
 
 from engine.settings import Settings
+from engine.types import model_name
 
 from ._common import fingerprint_model, on_device, refuse_pickle, resolve_model, seeded_noise, torch_dtype
 from .control_types import UpscaleModel
@@ -35,7 +36,7 @@ def _upscale_fingerprint(name: str, settings: Settings, **_) -> str:
 
 
 @node("load_upscale_model", category="upscale", version=1, fingerprint=_upscale_fingerprint)
-def load_upscale_model(ctx: Context, name: str) -> UpscaleModel:
+def load_upscale_model(ctx: Context, name: model_name("upscale_models")) -> UpscaleModel:
     """Load an image upscaler (ESRGAN, RealESRGAN compact, SwinIR, ... whatever spandrel
     detects) from models/upscale_models."""
     from spandrel import ImageModelDescriptor, ModelLoader
@@ -226,7 +227,7 @@ def _load_sd_upscaler(ctx: Context, name: str):
 
 
 @node("sd_upscale", category="upscale", version=1, fingerprint=_sd_upscaler_fingerprint)
-def sd_upscale(ctx: Context, image: Image, name: str, prompt: str = "", negative: str = "",
+def sd_upscale(ctx: Context, image: Image, name: model_name("upscale_models"), prompt: str = "", negative: str = "",
                noise_level: Annotated[int, Field(ge=0, le=350)] = 20,
                steps: Annotated[int, Field(ge=1, le=500)] = 20,
                cfg: Annotated[float, Field(ge=0, le=50)] = 7.5,
