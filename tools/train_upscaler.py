@@ -34,12 +34,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFilter
 
-from tools.shapes import data, resumable  # noqa: E402
+from tools.shapes import data, resumable
 
 SEED = 2024
 STAGE_DIR = ROOT / ".train" / "upscaler"
