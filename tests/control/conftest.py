@@ -6,10 +6,13 @@ folder, and loaded back through the real loader nodes.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def randomise_zero_convs(controlnet, seed: int) -> None:
@@ -64,6 +67,9 @@ def tiny(tmp_path_factory):
     cn2.save_pretrained(root / "controlnet" / "tiny-cn-2")
     save_file(cn1.state_dict(), str(root / "controlnet" / "tiny-cn-single.safetensors"))
     (root / "controlnet" / "tiny-cn-single.json").write_text(json.dumps(dict(cn1.config)))
+    # the avatar graph upscales with the project's shipped upscaler
+    (root / "upscale_models").mkdir(exist_ok=True)
+    shutil.copy(REPO / "models" / "upscale_models" / "shapes-2x-compact.safetensors", root / "upscale_models")
     return SimpleNamespace(root=root, pipe=pipe, cn1=cn1, cn2=cn2, factor=factor)
 
 
