@@ -89,5 +89,9 @@ other objects give unpredictable results, and it knows nothing beyond the base m
 
 def write_all(evaluation: dict | None) -> None:
     (paths.CHECKPOINT_DIR / "README.md").write_text(pipeline_card(evaluation))
-    if resumable.checkpoint_path(paths.WORKDIR / "controlnet").exists():
+    controlnet_exported = (paths.CONTROLNET_DIR / "config.json").exists()
+    controlnet_trained = resumable.checkpoint_path(
+        paths.WORKDIR / "controlnet"
+    ).exists()
+    if controlnet_exported and controlnet_trained:
         (paths.CONTROLNET_DIR / "README.md").write_text(controlnet_card(evaluation))
