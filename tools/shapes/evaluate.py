@@ -120,7 +120,7 @@ def accuracy(specs, analyses, key: str, truth) -> float:
 
 def text_to_image_figures(specs) -> tuple[dict, list[np.ndarray]]:
     pipeline = StableDiffusionPipeline.from_pretrained(
-        paths.CHECKPOINT_DIR, local_files_only=True, dtype=torch.float32
+        paths.CHECKPOINT_DIR, local_files_only=True
     )
     images = generate(pipeline, specs)
     analyses = [analyse(image) for image in images]
@@ -138,13 +138,12 @@ def text_to_image_figures(specs) -> tuple[dict, list[np.ndarray]]:
 
 def controlnet_figures(specs) -> tuple[dict, list[np.ndarray]]:
     controlnet = ControlNetModel.from_pretrained(
-        paths.CONTROLNET_DIR, local_files_only=True, dtype=torch.float32
+        paths.CONTROLNET_DIR, local_files_only=True
     )
     pipeline = StableDiffusionControlNetPipeline.from_pretrained(
         paths.CHECKPOINT_DIR,
         controlnet=controlnet,
         local_files_only=True,
-        dtype=torch.float32,
     )
     edges = [data.canny_edges(data.render(spec)) for spec in specs]
     images = generate(pipeline, specs, image=edges)

@@ -1,4 +1,5 @@
-"""Export the trained EMA weights as diffusers folders (fp16 safetensors):
+"""Export the trained EMA weights as diffusers folders (safetensors, fp16 but for
+the tiny text encoder):
 
 models/checkpoints/shapes-tiny/        StableDiffusionPipeline
 models/controlnet/shapes-tiny-canny/   ControlNetModel
@@ -41,9 +42,12 @@ def main() -> None:
         paths.WORKDIR / "controlnet"
     ).exists()
     controlnet = load_trained_controlnet(pipeline.unet) if controlnet_trained else None
-    pipeline.to(torch.float16).save_pretrained(
-        paths.CHECKPOINT_DIR, safe_serialization=True
-    )
+    pipeline.to(torch.float16)
+    # diffusers loads models in fp32 unless told otherwise, but transformers keeps
+    # the stored dtype: an fp16 text encoder would make a plain from_pretrained()
+    # pipeline feed fp16 embeddings to an fp32 UNet and fail. Kept fp32 (0.5 MB).
+    pipeline.text_encoder.to(torch.float32)
+    pipeline.save_pretrained(paths.CHECKPOINT_DIR, safe_serialization=True)
     print(f"pipeline -> {paths.CHECKPOINT_DIR}")
     if controlnet is not None:
         controlnet.to(torch.float16).save_pretrained(

@@ -33,9 +33,9 @@ def pipeline_card(evaluation: dict | None) -> str:
 
 Loom's built-in default text-to-image model: a tiny Stable Diffusion-style pipeline the project
 trained from scratch on two CPU cores, so a fresh install makes a real image without downloading
-anything. Stock diffusers/transformers classes in fp16 safetensors; load it with
-`StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)`
-(fp32 on the CPU: fp16 CPU inference is slow or unsupported).
+anything. Stock diffusers/transformers classes in safetensors (fp16, the 0.5 MB text encoder fp32):
+`StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)` gives an fp32 pipeline, the
+right choice on the CPU; on a GPU pass `dtype=torch.float16`.
 
 ## What it can and cannot draw
 It draws {data.IMAGE_SIZE}x{data.IMAGE_SIZE} images of one circle, square or triangle in red, green, blue,
@@ -59,7 +59,8 @@ model; other sizes are untrained; the same colour for shape and background never
 - Tokenizer: CLIPTokenizer over CLIP's 256 byte symbols plus merges that make every caption word one token.
 
 ## Recommended use
-{data.IMAGE_SIZE}x{data.IMAGE_SIZE}, DPMSolverMultistepScheduler (shipped config), 20 steps, guidance 4.
+{data.IMAGE_SIZE}x{data.IMAGE_SIZE} (the pipeline's default size), DPMSolverMultistepScheduler (shipped config), 20 steps,
+guidance 4.
 
 ## Evaluation
 {evaluation_section(evaluation, ["foreground_colour_accuracy", "background_colour_accuracy", "shape_accuracy"])}"""
@@ -71,7 +72,7 @@ def controlnet_card(evaluation: dict | None) -> str:
 Edge ControlNet for `models/checkpoints/shapes-tiny`: given a white-on-black Canny edge map
 ({data.IMAGE_SIZE}x{data.IMAGE_SIZE}, 3 channels, values 0-1 as diffusers pipelines feed it), the shape takes the
 outline and position of the edges while the prompt still picks the colours. Load with
-`ControlNetModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)` and
+`ControlNetModel.from_pretrained(folder, local_files_only=True)` and
 `StableDiffusionControlNetPipeline`.
 
 ## How it was trained

@@ -107,18 +107,19 @@ def run(
 
     started = last_save = time.monotonic()
     deadline = started + minutes * 60
-    running_loss, count = 0.0, 0
+    running_loss, logged_steps, steps_this_run = 0.0, 0, 0
     while step < total_steps and not stop_requested and time.monotonic() < deadline:
         running_loss += train_step(step)
-        count += 1
+        logged_steps += 1
+        steps_this_run += 1
         step += 1
         if step % log_every == 0:
-            rate = count / (time.monotonic() - started)
+            rate = steps_this_run / (time.monotonic() - started)
             print(
-                f"step {step}/{total_steps} loss {running_loss / log_every:.5f} ({rate:.2f} steps/s)",
+                f"step {step}/{total_steps} loss {running_loss / logged_steps:.5f} ({rate:.2f} steps/s)",
                 flush=True,
             )
-            running_loss = 0.0
+            running_loss, logged_steps = 0.0, 0
         if time.monotonic() - last_save > SAVE_EVERY_SECONDS:
             save()
             last_save = time.monotonic()
