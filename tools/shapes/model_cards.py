@@ -83,6 +83,8 @@ text encoder frozen, on OpenCV Canny edges (thresholds 100/200) of the same proc
 ## What it can and cannot do
 It follows edge maps of single circles, squares and triangles like the training images; edges of
 other objects give unpredictable results, and it knows nothing beyond the base model's six colours.
+It is short-trained: on a few held-out edge maps the shape comes out misplaced, too small or missing
+(hence the minimum IoU below), so judge it by the mean.
 
 ## Evaluation
 {evaluation_section(evaluation, ["controlnet_mean_iou", "controlnet_min_iou", "controlnet_foreground_colour_accuracy", "controlnet_background_colour_accuracy"])}"""
