@@ -14,6 +14,8 @@ import pkgutil
 # reported through the engine's events, so the libraries' own bars stay quiet.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Long prompts are encoded in chunks on purpose; the tokenizer's length warning is noise.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def register(registry) -> None:

@@ -12,6 +12,8 @@ passes straight through.
 """
 from __future__ import annotations
 
+import importlib
+import warnings
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -78,15 +80,22 @@ def run_detector(image: Image, kind: str, detect: Any) -> ControlHint:
     return _to_hint(arrays, kind, (image.width, image.height))
 
 
+def detector_class(module: str, name: str) -> type:
+    """A controlnet-aux detector class. Importing the package pulls in every detector and warns
+    about optional extras and renamed timm modules that none of these nodes use: noise the
+    person running a graph cannot act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(importlib.import_module(module), name)
+
+
 @node("canny", category="control/preprocess", version=1)
 def canny(image: Image, low_threshold: Annotated[int, Field(ge=0, le=255)] = 100,
           high_threshold: Annotated[int, Field(ge=0, le=255)] = 200) -> ControlHint:
     """Canny edge map (white edges on black), at the image's own size."""
-    from controlnet_aux.canny import CannyDetector
-
     if low_threshold > high_threshold:
         raise NodeInputError("low_threshold", f"{low_threshold} is above high_threshold {high_threshold}")
-    detector = CannyDetector()
+    detector = detector_class("controlnet_aux.canny", "CannyDetector")()
     return run_detector(image, "canny", lambda a: detector(
         a, low_threshold, high_threshold, detect_resolution=min(a.shape[:2]),
         image_resolution=min(a.shape[:2]), output_type="np"))
@@ -95,9 +104,7 @@ def canny(image: Image, low_threshold: Annotated[int, Field(ge=0, le=255)] = 100
 @node("content_shuffle", category="control/preprocess", version=1)
 def content_shuffle(image: Image, seed: Annotated[int, Field(ge=0, lt=2**32)] = 0) -> ControlHint:
     """Randomly warped copy of the image (for the shuffle ControlNet); seeded, so cacheable."""
-    from controlnet_aux.shuffle import ContentShuffleDetector
-
-    detector = ContentShuffleDetector()
+    detector = detector_class("controlnet_aux.shuffle", "ContentShuffleDetector")()
 
     def detect(a):
         state = np.random.get_state()
@@ -114,9 +121,7 @@ def content_shuffle(image: Image, seed: Annotated[int, Field(ge=0, lt=2**32)] = 
 def lineart_standard(image: Image, sigma: Annotated[float, Field(gt=0, le=50)] = 6.0,
                      intensity_threshold: Annotated[int, Field(ge=0, le=255)] = 8) -> ControlHint:
     """Line drawing from a difference of Gaussians (no weights)."""
-    from controlnet_aux.lineart_standard import LineartStandardDetector
-
-    detector = LineartStandardDetector()
+    detector = detector_class("controlnet_aux.lineart_standard", "LineartStandardDetector")()
     return run_detector(image, "lineart_standard", lambda a: np.asarray(detector(
         a, guassian_sigma=sigma, intensity_threshold=intensity_threshold,
         detect_resolution=min(a.shape[:2]), output_type="np")))
@@ -161,14 +166,12 @@ def preprocess(ctx: Context, image: Image, detector: WeightedName,
     loaded from models/annotators; the hint comes back at the image's size."""
     if isinstance(image, ControlHint):
         return image
-    import importlib
-
     module, cls_name, _ = WEIGHTED[detector]
     files = _annotator_files(ctx, detector)
     folder = ctx.models.paths.resolve("annotators", next(iter(files.values()))).parent
 
     def load():
-        cls = getattr(importlib.import_module(module), cls_name)
+        cls = detector_class(module, cls_name)
         model = cls.from_pretrained(str(folder), **files)
         return model.to(ctx.settings.device) if hasattr(model, "to") else model
 
