@@ -14,19 +14,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nodes.draw import PALETTE  # the default model's colour words, shared with the draw nodes
+
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4  # draw at 4x and downsample: fixed, anti-aliased edges
 MIN_SHAPE_SIZE = 20
 MAX_SHAPE_SIZE = 44
 
-PALETTE = {
-    "red": (255, 0, 0),
-    "green": (0, 255, 0),
-    "blue": (0, 0, 255),
-    "yellow": (255, 255, 0),
-    "white": (255, 255, 255),
-    "black": (0, 0, 0),
-}
 COLOURS = list(PALETTE)
 SHAPES = ["circle", "square", "triangle"]
 
