@@ -102,9 +102,10 @@ def test_lcm_lora_changes_the_result_and_matches_the_pipeline(executor, ctx, mod
     from nodes.loaders import load_checkpoint_handles
 
     graph = load_graph("lcm_lora.json")
-    with_lora = executor.run(graph, params={"model": "tiny-sd", "seed": 3})
-    without = executor.run(graph, params={"model": "tiny-sd", "seed": 3, "strength": 0.0})
-    latent = executor.run(graph, params={"model": "tiny-sd", "seed": 3})
+    fixture = {"model": "tiny-sd", "lora": "lcm-lora-wiring-fixture", "seed": 3}
+    with_lora = executor.run(graph, params=fixture)
+    without = executor.run(graph, params={**fixture, "strength": 0.0})
+    latent = executor.run(graph, params=fixture)
     assert latent.ran == []
     lora_img = with_lora.outputs["save"]["files"][0]
     base_img = without.outputs["save"]["files"][0]
