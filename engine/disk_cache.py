@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write
 from .serialize import Unpersistable, pack, unpack
 
 MAGIC = b"LOOMC001"
@@ -69,11 +69,7 @@ class DiskCache:
         blob = MAGIC + hashlib.blake2b(payload, digest_size=_DIGEST).digest() + payload
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, path)
+            atomic_write(path, blob)
         except OSError as exc:
             log.warning("cannot write cache entry %s: %s", path, exc)
             return False

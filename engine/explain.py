@@ -8,10 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
+from .files import atomic_write
 from .plan import KeyParts
 
 log = logging.getLogger(__name__)
@@ -46,12 +45,9 @@ class RunHistory:
         path = self._file(graph_name)
         if path is None:
             return
+        document = {"graph": graph_name, "nodes": {n: p.to_dict() for n, p in merged.items()}}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"graph": graph_name, "nodes": {n: p.to_dict() for n, p in merged.items()}}, f)
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(document).encode())
         except OSError as exc:
             log.warning("cannot write run history %s: %s", path, exc)
 

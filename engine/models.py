@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import LoomError
+from .files import atomic_write
 from .paths import UnsafePath, contained
 
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
@@ -123,11 +123,7 @@ def file_digest(path: Path | str, memo_dir: Path | None = None) -> str:
 
 def _write_atomically(path: Path, text: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write(path, text.encode())
     except OSError:
         pass  # a memo that cannot be written only costs a re-read next time
 

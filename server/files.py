@@ -17,12 +17,12 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.files import atomic_write
 from engine.paths import UnsafePath, contained
 
 UPLOAD_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -46,24 +46,6 @@ class StoredImage:
     height: int
     format: str     # as sniffed from the upload
     bytes: int      # size stored
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so a reader (or a crash) never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def store_uploaded_image(data: bytes, input_dir: Path, *, max_pixels: int) -> StoredImage:
@@ -98,7 +80,7 @@ def store_uploaded_image(data: bytes, input_dir: Path, *, max_pixels: int) -> St
     name = f"upload-{hashlib.sha256(encoded).hexdigest()[:24]}.png"
     target = contained(input_dir, name)
     if not target.exists():
-        atomic_write(target, encoded)
+        atomic_write(target, encoded, durable=True)
     return StoredImage(name=name, width=width, height=height, format=fmt, bytes=len(encoded))
 
 
@@ -181,5 +163,5 @@ def output_content_type(path: Path) -> tuple[str, bool]:
     return (kind, True) if kind else ("application/octet-stream", False)
 
 
-__all__ = ["UploadRejected", "StoredImage", "atomic_write", "store_uploaded_image",
+__all__ = ["UploadRejected", "StoredImage", "store_uploaded_image",
            "describe_outputs", "output_file", "output_content_type", "UnsafePath"]

@@ -128,3 +128,15 @@ def test_file_digests_are_remembered_across_processes(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", real_open)
     weights.write_bytes(b"x" * 1000)                     # an edit changes the stamp
     assert models.file_digest(weights, memo) != first
+
+
+def test_atomic_write_leaves_no_partial_file_when_writing_fails(tmp_path, monkeypatch):
+    from engine.files import atomic_write
+
+    target = tmp_path / "out.bin"
+    atomic_write(target, b"first")
+    monkeypatch.setattr("os.replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        atomic_write(target, b"second")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
