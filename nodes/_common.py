@@ -43,6 +43,19 @@ def resolve_model(ctx_or_settings: Any, kind: str, name: str, input_name: str = 
         raise NodeInputError(input_name, str(exc)) from None
 
 
+def input_file(settings: Settings, name: str, input_name: str, what: str = "file") -> Path:
+    """`name` inside the run's input folder (never outside it), or an error naming the input."""
+    from engine.paths import UnsafePath, contained
+
+    try:
+        path = contained(settings.input_dir, name)
+    except UnsafePath as exc:
+        raise NodeInputError(input_name, str(exc)) from None
+    if not path.is_file():
+        raise NodeInputError(input_name, f"no {what} {name!r} in {settings.input_dir}")
+    return path
+
+
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 

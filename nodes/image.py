@@ -27,6 +27,7 @@ from engine.paths import UnsafePath, contained
 from engine.settings import Settings
 from engine.types import file_input
 
+from ._common import input_file
 from .types import Image, Mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -38,13 +39,7 @@ class ImageAndMask(NamedTuple):
 
 
 def _input_path(settings: Settings, name: str) -> Path:
-    try:
-        path = contained(settings.input_dir, name)
-    except UnsafePath as exc:
-        raise NodeInputError("name", str(exc)) from None
-    if not path.is_file():
-        raise NodeInputError("name", f"no image {name!r} in {settings.input_dir}")
-    return path
+    return input_file(settings, name, "name", "image")
 
 
 def _image_fingerprint(name: str, *, settings: Settings, **_) -> str:

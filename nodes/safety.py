@@ -29,6 +29,7 @@ from engine.paths import UnsafePath, contained
 from engine.settings import Settings
 from engine.types import file_input
 
+from ._common import input_file
 from .types import Image
 
 DEFAULT_BLOCKLIST = Path(__file__).parent / "data" / "blocklist.txt"
@@ -46,13 +47,7 @@ class Rule:
 def _blocklist_path(settings: Settings, name: str) -> Path:
     if name == "default":
         return DEFAULT_BLOCKLIST
-    try:
-        path = contained(settings.input_dir, name)
-    except UnsafePath as exc:
-        raise NodeInputError("blocklist", str(exc)) from None
-    if not path.is_file():
-        raise NodeInputError("blocklist", f"no blocklist {name!r} in {settings.input_dir}")
-    return path
+    return input_file(settings, name, "blocklist", "blocklist")
 
 
 def parse_rules(text: str, origin: str = "blocklist") -> list[Rule]:
