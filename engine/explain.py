@@ -102,6 +102,8 @@ def why_not_cached(parts: KeyParts, previous: KeyParts | None, *, cacheable: boo
             changes.append(f"upstream `{now[0]}` changed")
     if parts.fingerprint != previous.fingerprint:
         changes.append("fingerprint changed (outside state such as a file)")
+    if parts.settings != previous.settings:
+        changes.append("run settings changed (device, dtype or options)")
     return "; ".join(changes) or "not in cache: no earlier result for these inputs"
 
 

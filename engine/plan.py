@@ -27,16 +27,18 @@ class KeyParts:
     links: dict[str, tuple[str, str, str]]    # input -> (upstream node, output, upstream key)
     fingerprint: str | None
     key: str
+    settings: str = ""                        # Settings.result_salt() of the run
 
     def to_dict(self) -> dict:
         return {"type": self.type, "version": self.version, "literals": self.literals,
                 "links": {k: list(v) for k, v in self.links.items()},
-                "fingerprint": self.fingerprint, "key": self.key}
+                "fingerprint": self.fingerprint, "key": self.key, "settings": self.settings}
 
     @classmethod
     def from_dict(cls, d: dict) -> "KeyParts":
         return cls(d["type"], d["version"], d["literals"],
-                   {k: tuple(v) for k, v in d["links"].items()}, d["fingerprint"], d["key"])
+                   {k: tuple(v) for k, v in d["links"].items()}, d["fingerprint"], d["key"],
+                   d.get("settings", ""))
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Plan:
     literals: dict[str, dict[str, Any]]
     fingerprints: dict[str, str | None]
     nonce: str                                # salts never-cache nodes: unique per run
+    settings_salt: str = ""                   # Settings.result_salt(): enters every key
     parts: dict[str, KeyParts] = field(default_factory=dict)
 
     @property
@@ -107,7 +110,7 @@ def assign_keys(plan: Plan) -> Plan:
         links = {name: (link.node, link.output, parts[link.node].key)
                  for name, link in checked.links[node_id].items()}
         h = hashlib.blake2b(digest_size=16)
-        h.update(f"{spec.type}\x00{spec.version}\x00".encode())
+        h.update(f"{spec.type}\x00{spec.version}\x00{plan.settings_salt}\x00".encode())
         for name in sorted(literals):
             h.update(f"L{name}={literals[name]}\x00".encode())
         for name in sorted(links):
@@ -119,14 +122,15 @@ def assign_keys(plan: Plan) -> Plan:
         if not spec.cacheable:
             h.update(f"N{plan.nonce}\x00".encode())
         parts[node_id] = KeyParts(spec.type, spec.version, literals, links, fingerprint,
-                                  h.hexdigest())
+                                  h.hexdigest(), plan.settings_salt)
     plan.parts = parts
     return plan
 
 
 def make_plan(checked: CheckedGraph, nonce: str, settings: Settings) -> Plan:
     order = checked.needed()
-    plan = Plan(checked, order, checked.literals, compute_fingerprints(checked, order, settings), nonce)
+    plan = Plan(checked, order, checked.literals, compute_fingerprints(checked, order, settings), nonce,
+                settings_salt=settings.result_salt())
     return assign_keys(plan)
 
 

@@ -5,6 +5,7 @@ Node families read their own knobs from `options` (e.g. `vae_tiling`).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,3 +22,10 @@ class Settings:
     allow_pickle: bool = False
     digest_memo_dir: Path | None = None   # where file digests are remembered across processes
     options: dict[str, Any] = field(default_factory=dict)
+
+    def result_salt(self) -> str:
+        """The settings that can change what a node computes (fp16 and fp32 latents differ,
+        so do tiled and untiled decodes). Every cache key includes them; folders do not
+        enter, so `--out` or `--models-dir` alone never invalidates the cache."""
+        return json.dumps({"device": self.device, "dtype": self.dtype, "options": self.options},
+                          sort_keys=True, default=str)

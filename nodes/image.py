@@ -27,7 +27,7 @@ from engine.paths import UnsafePath, contained
 from engine.settings import Settings
 from engine.types import file_input
 
-from ._common import input_file
+from ._common import input_file, output_folder_fingerprint
 from .types import Image, Mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -139,7 +139,8 @@ def write_png_unique(folder: Path, stem: str, pil, pnginfo) -> Path:
         os.unlink(tmp)
 
 
-@node("save_image", category="image", version=1, output_node=True, output="files")
+@node("save_image", category="image", version=1, output_node=True, output="files",
+      fingerprint=output_folder_fingerprint)
 def save_image(ctx: Context, images: Image,
                prefix: file_input("output", max_length=200) = "loom",
                embed_graph: bool = True) -> list[str]:

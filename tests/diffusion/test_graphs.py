@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +193,15 @@ def test_unknown_family(executor, models_dir):
     save_file({"something.else": torch.zeros(2)}, str(models_dir / "checkpoints" / "weird.safetensors"))
     err = _node_error(executor, load_graph("txt2img.json"), {**FAST, "model": "weird"})
     assert "ckpt" in str(err) and "unknown checkpoint family" in str(err)
+
+
+def test_a_cached_save_is_not_reused_for_another_output_folder(settings_factory, shared_models):
+    from engine import Cache, Executor
+
+    cache = Cache()
+    graph = load_graph("txt2img.json")
+    first = Executor(settings=settings_factory(), models=shared_models, cache=cache).run(graph, params=FAST)
+    other = Executor(settings=settings_factory(), models=shared_models, cache=cache).run(graph, params=FAST)
+    assert other.ran == ["save"]
+    assert Path(other.outputs["save"]["files"][0]).is_file()
+    assert other.outputs["save"]["files"] != first.outputs["save"]["files"]
