@@ -105,20 +105,14 @@ def make_sdxl_pipeline(seed: int = 0):
     """A tiny StableDiffusionXLPipeline: two text encoders, pooled embeddings, micro-conditioning."""
     import tempfile
 
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_tokenizer(Path(tmp) / "1")
         tokenizer_2 = make_tokenizer(Path(tmp) / "2")
-    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-                                layers_per_block=1, norm_num_groups=32,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                attention_head_dim=(2, 4), use_linear_projection=True,
-                                addition_embed_type="text_time", addition_time_embed_dim=8,
-                                projection_class_embeddings_input_dim=8 * 6 + 32, cross_attention_dim=64)
+    unet = _sdxl_unet(time_ids=6, cross_attention_dim=64)
     pipe = StableDiffusionXLPipeline(
         vae=_vae(), text_encoder=CLIPTextModel(_clip_config(tokenizer)),
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(tokenizer_2, projection=32)),
@@ -128,25 +122,34 @@ def make_sdxl_pipeline(seed: int = 0):
     return pipe
 
 
+def _sdxl_unet(time_ids: int, cross_attention_dim: int):
+    """A tiny SDXL-layout UNet: `time_ids` micro-conditioning values (6 for the base: sizes and
+    crop; 5 for the refiner: sizes and aesthetic score) beside a 32-wide pooled text embedding."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=1, norm_num_groups=32,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                attention_head_dim=(2, 4), use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=8 * time_ids + 32,
+                                cross_attention_dim=cross_attention_dim)
+
+
 def make_sdxl_refiner_pipeline(seed: int = 0, vae=None):
     """A tiny SDXL refiner (StableDiffusionXLImg2ImgPipeline): only the second, projecting text
     encoder, and micro-conditioning with an aesthetic score (5 time ids). Pass the base's VAE so
     the two share one latent space, as SDXL base and refiner do."""
     import tempfile
 
-    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLImg2ImgPipeline
     from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer_2 = make_tokenizer(Path(tmp) / "2")
-    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-                                layers_per_block=1, norm_num_groups=32,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                attention_head_dim=(2, 4), use_linear_projection=True,
-                                addition_embed_type="text_time", addition_time_embed_dim=8,
-                                projection_class_embeddings_input_dim=8 * 5 + 32, cross_attention_dim=32)
+    unet = _sdxl_unet(time_ids=5, cross_attention_dim=32)
     pipe = StableDiffusionXLImg2ImgPipeline(
         vae=vae if vae is not None else _vae(), text_encoder=None,
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(tokenizer_2, projection=32)),
