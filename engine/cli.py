@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .cache import Cache, MemoryCache
 from .disk_cache import DiskCache
+from .documents import LOOM_FORMAT, load_document, write_document
 from .errors import Cancelled, GraphError, LoomError, NodeError, Problem
 from .executor import Executor
 from .explain import RunHistory
@@ -51,21 +52,9 @@ def _parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
 
 
 def load_graph(path: str) -> Graph:
-    """A graph from a .json file, or the graph a Loom PNG carries in its `loom` text chunk."""
-    file = Path(path)
-    if file.suffix.lower() == ".png":
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(file) as image:
-                text = image.text.get("loom") if hasattr(image, "text") else None
-        except (OSError, UnidentifiedImageError) as exc:
-            raise GraphError([Problem(f"cannot read image: {exc}", file=path)]) from None
-        if text is None:
-            raise GraphError([Problem("this PNG carries no Loom graph (no 'loom' text chunk)",
-                                      file=path)])
-        return Graph.from_json(text, name=str(file.resolve()), source=path)
-    return Graph.load(file)
+    """The graph in a file: Loom JSON, or any format an installed reader recognises (a PNG that
+    carries its graph, a ComfyUI workflow, ...)."""
+    return load_document(path, Registry.default())
 
 
 def _settings(args) -> Settings:
@@ -152,6 +141,17 @@ def cmd_explain(args) -> int:
     for e in explanations.values():
         table.add_row(e.node, e.type, f"[{colours[e.status]}]{e.status}[/]", e.reason)
     out.print(table)
+    return EXIT_OK
+
+
+def cmd_convert(args) -> int:
+    registry = Registry.default()
+    document = write_document(load_document(args.graph, registry), args.to, registry)
+    text = json.dumps(document, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -242,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(explain)
     _add_cache_options(explain)
     explain.set_defaults(func=cmd_explain)
+
+    convert = sub.add_parser("convert", help="write a graph document in another format (ComfyUI workflow -> Loom, ...)")
+    convert.add_argument("graph")
+    convert.add_argument("--to", default=LOOM_FORMAT, help="target format: loom (default), comfy-api, ...")
+    convert.add_argument("-o", "--output", help="file to write (default: stdout)")
+    convert.set_defaults(func=cmd_convert)
 
     nodes = sub.add_parser("nodes", help="list node types with their inputs and outputs")
     nodes.add_argument("--json", action="store_true", help="the catalogue with JSON Schemas")

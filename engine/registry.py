@@ -2,7 +2,9 @@
 
 An entry point names a module (scanned for `@node` functions) or a callable that
 takes the registry. The project's own `nodes` package registers the same way, so
-a third-party pack is no different from a built-in one.
+a third-party pack is no different from a built-in one. Packs bring document readers and
+writers (`engine.documents`) the same way: module-level instances in a scanned module, or
+`register_reader` / `register_writer` from a pack's callable.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import types
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterable
 
+from .documents import DocumentReader, DocumentWriter
 from .node import NodeSpec, spec_of
 
 ENTRY_POINT_GROUP = "loom.nodes"
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 class Registry:
     def __init__(self, specs: Iterable[NodeSpec] = ()):
         self._specs: dict[str, NodeSpec] = {}
+        self._readers: dict[str, DocumentReader] = {}
+        self._writers: dict[str, DocumentWriter] = {}
         for spec in specs:
             self.register(spec)
 
@@ -39,8 +44,36 @@ class Registry:
     def load_module(self, module: types.ModuleType | str) -> list[NodeSpec]:
         if isinstance(module, str):
             module = importlib.import_module(module)
+        for value in vars(module).values():
+            if isinstance(value, DocumentReader) and value.read.__module__ == module.__name__:
+                self.register_reader(value)
+            elif isinstance(value, DocumentWriter) and value.write.__module__ == module.__name__:
+                self.register_writer(value)
         found = [spec_of(v) for v in vars(module).values()]
         return [self.register(s) for s in found if s is not None and s.fn.__module__ == module.__name__]
+
+    def register_reader(self, reader: DocumentReader) -> None:
+        """A document format `loom run` and the server accept besides Loom's own, tried in
+        registration order."""
+        existing = self._readers.get(reader.format)
+        if existing is not None and existing is not reader:
+            raise ValueError(f"document reader '{reader.format}' is registered twice")
+        self._readers[reader.format] = reader
+
+    def register_writer(self, writer: DocumentWriter) -> None:
+        existing = self._writers.get(writer.format)
+        if existing is not None and existing is not writer:
+            raise ValueError(f"document writer '{writer.format}' is registered twice")
+        self._writers[writer.format] = writer
+
+    def readers(self) -> list[DocumentReader]:
+        return list(self._readers.values())
+
+    def writers(self) -> list[DocumentWriter]:
+        return list(self._writers.values())
+
+    def writer(self, format: str) -> DocumentWriter | None:
+        return self._writers.get(format)
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         for ep in entry_points(group=group):

@@ -31,21 +31,49 @@ from .lora import activate_unet
 from .text import pad_tokens
 from .types import Conditioning, DiffusionModel, Latent, StepInfo
 
-SchedulerName = Literal["ddpm", "ddim", "euler", "euler_ancestral", "dpmpp_2m", "unipc", "lcm"]
+SchedulerName = Literal["ddpm", "ddim", "euler", "euler_ancestral", "heun", "lms", "dpm_2", "dpm_2_ancestral",
+                        "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde", "deis", "unipc", "unipc_bh1",
+                        "lcm"]
+# How the steps are spread over the noise levels: the scheduler's own spacing ("default"),
+# Karras / exponential / beta sigmas, or a timestep spacing: "normal" (evenly from the
+# noisiest step to the last), "simple" and "sgm_uniform" (evenly, ending one interval above
+# zero), "ddim_uniform" (DDIM's leading steps, offset by one).
+SigmaSchedule = Literal["default", "karras", "exponential", "beta", "normal", "simple", "sgm_uniform",
+                        "ddim_uniform"]
+SCHEDULE_OPTIONS: dict[str, dict] = {
+    "default": {},
+    "karras": {"use_karras_sigmas": True},
+    "exponential": {"use_exponential_sigmas": True},
+    "beta": {"use_beta_sigmas": True},
+    "normal": {"timestep_spacing": "linspace"},
+    "simple": {"timestep_spacing": "trailing"},
+    "sgm_uniform": {"timestep_spacing": "trailing"},
+    "ddim_uniform": {"timestep_spacing": "leading", "steps_offset": 1},
+}
 
 SCHEDULERS: dict[str, tuple[str, dict]] = {
     "ddpm": ("DDPMScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "dpm_2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "dpmpp_3m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    "unipc_bh1": ("UniPCMultistepScheduler", {"solver_type": "bh1"}),
     "lcm": ("LCMScheduler", {}),
 }
 
 
-def make_scheduler(name: str, config: dict, karras: bool = False):
-    """A fresh diffusers scheduler of the named kind, configured from the checkpoint's config."""
+def make_scheduler(name: str, config: dict, karras: bool = False, schedule: str = "default"):
+    """A fresh diffusers scheduler of the named kind, configured from the checkpoint's config,
+    spreading its steps by `schedule` (karras=True is schedule "karras")."""
     import diffusers
 
     if name not in SCHEDULERS:
@@ -53,10 +81,22 @@ def make_scheduler(name: str, config: dict, karras: bool = False):
     class_name, overrides = SCHEDULERS[name]
     cls = getattr(diffusers, class_name)
     overrides = dict(overrides)
-    if karras:
-        if "use_karras_sigmas" not in inspect.signature(cls.__init__).parameters:
-            raise NodeInputError("karras", f"the {name} scheduler has no Karras sigmas option")
-        overrides["use_karras_sigmas"] = True
+    if karras and schedule not in ("default", "karras"):
+        raise NodeInputError("schedule", f"karras and the {schedule} schedule exclude each other")
+    if schedule not in SCHEDULE_OPTIONS:
+        raise NodeInputError("schedule", f"unknown schedule {schedule!r} (one of {', '.join(SCHEDULE_OPTIONS)})")
+    accepted = inspect.signature(cls.__init__).parameters
+    for option_name, value in SCHEDULE_OPTIONS["karras" if karras else schedule].items():
+        if option_name not in accepted:
+            raise NodeInputError("karras" if karras else "schedule",
+                                 f"the {name} scheduler has no {'karras' if karras else schedule} schedule")
+        overrides[option_name] = value
+    if "timestep_spacing" in overrides or "use_karras_sigmas" in overrides:
+        # one way of spreading the steps at a time: the checkpoint's config may name another
+        overrides.setdefault("use_karras_sigmas", False)
+        for other in ("use_exponential_sigmas", "use_beta_sigmas"):
+            if other in accepted:
+                overrides.setdefault(other, False)
     return cls.from_config(config, **overrides)
 
 
@@ -112,7 +152,8 @@ def _batched_conditioning(model: DiffusionModel, groups: list[list[Conditioning]
     return torch.cat(embeds), added
 
 
-def _zeros_like(cond: Conditioning) -> Conditioning:
+def zero_conditioning(cond: Conditioning) -> Conditioning:
+    """The conditioning with every embedding zeroed (the negative when none is given)."""
     return cond.replace(embeds=torch.zeros_like(cond.embeds), pad_chunk=None, combined=[], text="",
                         pooled=None if cond.pooled is None else torch.zeros_like(cond.pooled),
                         aesthetic_score=None)
@@ -165,7 +206,8 @@ def attention_slicing(ctx: Context, unet):
 def run_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning, latent: Latent,
             negative: Conditioning | None = None, seed: int = 0, steps: int = 20, cfg: float = 7.0,
             scheduler: str = "dpmpp_2m", karras: bool = False, denoise: float = 1.0,
-            start_step: int = 0, end_step: int = 10000, add_noise: bool = True) -> Latent:
+            start_step: int = 0, end_step: int = 10000, add_noise: bool = True,
+            schedule: str = "default") -> Latent:
     """The sampler (what the `sample` node runs), callable from other nodes and tests."""
     unet, device = model.unet, model.device
     dtype = unet.dtype
@@ -185,7 +227,7 @@ def run_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning, lat
     distilled = getattr(unet.config, "time_cond_proj_dim", None) is not None
     do_cfg = cfg > 1.0 and not distilled
     positives = positive.entries()
-    negatives = (negative.entries() if negative is not None else [_zeros_like(positive)]) if do_cfg else []
+    negatives = (negative.entries() if negative is not None else [zero_conditioning(positive)]) if do_cfg else []
     groups, neg_flags = ([negatives, positives], [True, False]) if do_cfg else ([positives], [False])
     prompt_embeds, added_cond = _batched_conditioning(model, groups, batch, size, neg_flags)
     timestep_cond = None
@@ -194,7 +236,7 @@ def run_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning, lat
         timestep_cond = guidance_embedding(w_emb, unet.config.time_cond_proj_dim, torch.float32).to(device, dtype)
 
     # 3. Timesteps: `steps` spread over the schedule; run the slice [begin, end)
-    sched = make_scheduler(scheduler, model.scheduler_config, karras)
+    sched = make_scheduler(scheduler, model.scheduler_config, karras, schedule)
     sched.set_timesteps(steps, device=device)
     order = getattr(sched, "order", 1)
     begin = max(start_step, steps - min(int(steps * denoise), steps))
@@ -285,11 +327,13 @@ def sample(ctx: Context, model: DiffusionModel, positive: Conditioning, latent: 
            denoise: Annotated[float, Field(ge=0, le=1)] = 1.0,
            start_step: Annotated[int, Field(ge=0, le=10000)] = 0,
            end_step: Annotated[int, Field(ge=1, le=10000)] = 10000,
-           add_noise: bool = True) -> Latent:
+           add_noise: bool = True,
+           schedule: SigmaSchedule = "default") -> Latent:
     """Denoise a latent. Empty latent: text-to-image; encoded image with denoise < 1:
     image-to-image; latent with a noise mask: inpainting. Noise for batch item i comes from
     seed + i. start_step/end_step run part of the schedule, for handing a latent from a base
     sampler (end_step) to a refiner (start_step, add_noise false). Without a negative prompt,
-    guidance uses zero embeddings."""
+    guidance uses zero embeddings. `schedule` spreads the steps over the noise levels (the
+    scheduler's default, karras, exponential, beta, normal, simple, sgm_uniform, ddim_uniform)."""
     return run_sampler(ctx, model, positive, latent, negative, seed, steps, cfg, scheduler, karras,
-                   denoise, start_step, end_step, add_noise)
+                   denoise, start_step, end_step, add_noise, schedule)

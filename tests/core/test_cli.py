@@ -119,4 +119,4 @@ def test_run_a_png_that_carries_its_graph(capsys, tmp_path):
     plain = tmp_path / "plain.png"
     Image.new("RGB", (4, 4)).save(plain)
     assert main(["run", str(plain)]) == 2
-    assert "carries no Loom graph" in capsys.readouterr().err
+    assert "no installed reader recognises this document" in capsys.readouterr().err
