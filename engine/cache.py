@@ -104,6 +104,12 @@ class MemoryCache:
     def was_evicted(self, key: str) -> bool:
         return key in self._evicted
 
+    def discard(self, key: str) -> None:
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self._bytes -= entry[1]
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
@@ -149,6 +155,12 @@ class Cache:
 
     def was_evicted(self, key: str) -> bool:
         return self.memory.was_evicted(key)
+
+    def discard(self, key: str) -> None:
+        """Forget one result in both tiers (it no longer matches outside state)."""
+        self.memory.discard(key)
+        if self.disk is not None:
+            self.disk.discard(key)
 
     def clear(self) -> None:
         self.memory.clear()

@@ -48,6 +48,8 @@ def _parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
             values[name] = json.loads(raw)
         except json.JSONDecodeError:
             values[name] = raw
+        except RecursionError:
+            raise GraphError([Problem(f"{flag} {name}: the value is nested too deeply")]) from None
     return values
 
 

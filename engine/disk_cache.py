@@ -109,6 +109,9 @@ class DiskCache:
             total -= size
         self._total = total
 
+    def discard(self, key: str) -> None:
+        self._discard(self._path(key))
+
     @staticmethod
     def _discard(path: Path) -> None:
         try:

@@ -12,6 +12,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -106,15 +107,34 @@ class Executor:
         self.events = events if events is not None else EventBus()
         self.history = history if history is not None else RunHistory()
         self._run_lock = threading.Lock()
+        self._plans_lock = threading.Lock()
+        self._last_plans: OrderedDict[str, Plan] = OrderedDict()   # graph name -> its last plan
 
     # -- before running -----------------------------------------------------------------
     def check(self, graph: Graph, params: dict[str, Any] | None = None) -> CheckedGraph:
         """Apply params and validate; raises GraphError listing every problem."""
-        return validate(graph.with_params(params), self.registry)
+        graph = graph.with_params(params)
+        previous = self._last_plan(graph.name)
+        return validate(graph, self.registry, previous.checked if previous else None)
 
     def plan(self, graph: Graph, params: dict[str, Any] | None = None,
              nonce: str | None = None) -> Plan:
-        return make_plan(self.check(graph, params), nonce or uuid.uuid4().hex, self.settings)
+        """Validate and key the graph, reusing what is unchanged since this executor last
+        planned a graph of the same name (safe from any thread)."""
+        graph = graph.with_params(params)
+        previous = self._last_plan(graph.name)
+        checked = validate(graph, self.registry, previous.checked if previous else None)
+        plan = make_plan(checked, nonce or uuid.uuid4().hex, self.settings, previous)
+        with self._plans_lock:
+            self._last_plans[graph.name] = plan
+            self._last_plans.move_to_end(graph.name)
+            while len(self._last_plans) > _REMEMBERED_PLANS:
+                self._last_plans.popitem(last=False)
+        return plan
+
+    def _last_plan(self, graph_name: str) -> Plan | None:
+        with self._plans_lock:
+            return self._last_plans.get(graph_name)
 
     def explain(self, graph: Graph, params: dict[str, Any] | None = None) -> dict[str, Explanation]:
         """What the next run would do for each node, and why, without running anything."""
@@ -197,6 +217,10 @@ def _demand_order(plan: Plan, targets: list[str], available) -> list[str]:
 
 
 _JSON_KINDS = (bool, int, float, str, list, dict, tuple)
+_REMEMBERED_PLANS = 8   # graphs whose last plan an executor keeps for incremental reruns
+# Stored beside the outputs of a node that evaluated lazy inputs with overrides: each
+# variant's overrides, the node it asked for and that node's key, verified on a cache hit.
+VARIANTS = "$variants"
 
 
 class _Run:
@@ -215,12 +239,16 @@ class _Run:
         self.records: list[NodeRecord] = []
         self.pinned: list[str] = []
         self.params = graph.param_values()
+        self.variant_reads: list[list] = []     # variants the running node evaluated (see VARIANTS)
+        self.stale: set[str] = set()            # cached, but a variant it read has changed
 
     def publish(self, kind: str, node: str | None = None, node_type: str | None = None, **data):
         self.ex.events.publish(Event(kind, self.run_id, node, node_type, data))
 
     def execute(self) -> RunResult:
         plan = self.plan
+        if self.use_cache:
+            self.discard_stale(plan)
         self._pin(plan.keys.values())
         self.publish(RUN_STARTED, nodes=len(plan.order))
         result = RunResult(self.run_id, "succeeded", records=self.records)
@@ -258,6 +286,8 @@ class _Run:
         spec = plan.checked.specs[node_id]
         if self.use_cache and spec.cacheable:
             hit = self.ex.cache.get(key)
+            if hit is not None and VARIANTS in hit:
+                hit = self.verified(plan, node_id, hit)
             if hit is not None:
                 self.values[key] = hit
                 self.records.append(NodeRecord(node_id, spec.type, key, CACHED, 0.0,
@@ -276,8 +306,11 @@ class _Run:
         spec, parts = plan.checked.specs[node_id], plan.parts[node_id]
         reason = why_not_cached(parts, self.previous.get(node_id), cacheable=spec.cacheable,
                                 use_cache=self.use_cache, evicted=self.ex.cache.was_evicted(parts.key))
+        if node_id in self.stale:
+            reason = "a sub-graph it evaluates with varied inputs changed (e.g. a varied file's fingerprint)"
         self.publish(NODE_STARTED, node_id, spec.type, reason=reason)
         started = time.perf_counter()
+        outer_reads, self.variant_reads = self.variant_reads, []
         try:
             kwargs = self.inputs_for(plan, node_id)
             ctx = Context(node_id, spec.type, self.run_id, self.ex.settings, self.ex.models,
@@ -293,18 +326,29 @@ class _Run:
                 message = str(exc)
             else:
                 message = f"{type(exc).__name__}: {exc}"
-            error = NodeError(node_id, spec.type, message, traceback.format_exc())
-            self.records.append(NodeRecord(node_id, spec.type, parts.key, "failed", seconds, reason))
-            self.publish(NODE_FAILED, node_id, spec.type, message=message,
-                         traceback=error.traceback, seconds=seconds)
-            raise error from exc
+            raise self.failed(node_id, spec.type, parts.key, reason, seconds, message) from exc
+        finally:
+            variant_reads, self.variant_reads = self.variant_reads, outer_reads
         seconds = time.perf_counter() - started
         self.values[parts.key] = outputs
         if self.use_cache and spec.cacheable:
             self._pin([parts.key])
-            self.ex.cache.put(parts.key, outputs)
+            try:
+                self.ex.cache.put(parts.key, {**outputs, VARIANTS: variant_reads} if variant_reads else outputs)
+            except Exception as exc:  # noqa: BLE001 - out of memory, an encoder bug, a full disk
+                message = f"cannot store the result: {type(exc).__name__}: {exc}"
+                raise self.failed(node_id, spec.type, parts.key, reason, seconds, message) from exc
         self.records.append(NodeRecord(node_id, spec.type, parts.key, RAN, seconds, reason))
         self.publish(NODE_FINISHED, node_id, spec.type, seconds=seconds)
+
+    def failed(self, node_id: str, node_type: str, key: str, reason: str, seconds: float,
+               message: str) -> NodeError:
+        """Record and announce a node's failure; the caller raises the returned error."""
+        error = NodeError(node_id, node_type, message, traceback.format_exc())
+        self.records.append(NodeRecord(node_id, node_type, key, "failed", seconds, reason))
+        self.publish(NODE_FAILED, node_id, node_type, message=message,
+                     traceback=error.traceback, seconds=seconds)
+        return error
 
     def inputs_for(self, plan: Plan, node_id: str) -> dict[str, Any]:
         spec = plan.checked.specs[node_id]
@@ -334,8 +378,40 @@ class _Run:
                 except ValueError as exc:
                     raise NodeInputError(None, f"cannot override {node_id}.{name}: {exc}") from None
             plan = variant(plan, checked_overrides)
+            self.variant_reads.append([[[n, i, v] for (n, i), v in overrides.items()],
+                                       link.node, plan.key(link.node)])
         self.materialize(plan, [link.node])
         return self.values[plan.key(link.node)][link.output]
+
+    def discard_stale(self, plan: Plan) -> None:
+        """Drop cached results that rest on a variant that changed: the node that evaluated
+        it and everything downstream of it in this plan (their keys cannot show the change)."""
+        stale = set()
+        for node_id in plan.order:
+            spec = plan.checked.specs[node_id]
+            if any(link.node in stale for link in plan.checked.links[node_id].values()):
+                stale.add(node_id)
+            elif spec.cacheable and any(i.lazy for i in spec.inputs.values()):
+                hit = self.ex.cache.get(plan.key(node_id))
+                if hit is not None and VARIANTS in hit and self.verified(plan, node_id, hit) is None:
+                    stale.add(node_id)
+        for node_id in stale:
+            self.ex.cache.discard(plan.key(node_id))
+
+    def verified(self, plan: Plan, node_id: str, hit: dict[str, Any]) -> dict[str, Any] | None:
+        """A cached result of a node that evaluated variants (a retry's tries, a batch's items)
+        stands only while each variant still has the key it had: the node's own key cannot
+        cover a file that only a varied input names. None when one changed."""
+        for overrides, target, key in hit[VARIANTS]:
+            try:
+                checked = {(n, i): check_override(plan.checked, n, i, v) for n, i, v in overrides}
+                current = variant(plan, checked).key(target)
+            except (ValueError, LoomError):
+                current = None
+            if current != key:
+                self.stale.add(node_id)
+                return None
+        return {name: value for name, value in hit.items() if name != VARIANTS}
 
 
 __all__ = ["Executor", "RunResult", "NodeRecord", "Explanation", "GraphError", "Problem"]

@@ -20,6 +20,28 @@ from .errors import GraphError, Problem
 
 FORMAT_VERSION = 1
 LITERAL_ESCAPE = "$literal"
+MAX_NESTING = 100   # lists/objects inside one value; deeper input is refused, never recursed into
+
+
+def nested_too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """True when lists/objects nest more than `limit` deep (checked without recursion, so a
+    hostile document cannot exhaust the stack here or later in repr, keys or size estimates)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+TOO_DEEP = f"nested more than {MAX_NESTING} levels deep"
 
 
 @dataclass(frozen=True)
@@ -105,6 +127,8 @@ class Graph:
         meta = data.get("meta")
         if meta is not None and not isinstance(meta, dict):
             bad("'meta' must be an object")
+        elif nested_too_deep(meta):
+            bad(f"'meta' is {TOO_DEEP}")
         if problems:
             raise GraphError(problems)
         return cls(nodes=nodes, params=params, meta=meta, name=name, source=source)
@@ -113,7 +137,9 @@ class Graph:
     def from_json(cls, text: str | bytes, *, name: str = "graph", source: str | None = None) -> "Graph":
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except RecursionError:
+            raise GraphError([Problem(f"the JSON is {TOO_DEEP}", file=source)]) from None
+        except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer too long to read
             where = f" at line {exc.lineno}, column {exc.colno}" if hasattr(exc, "lineno") else ""
             raise GraphError([Problem(f"not valid JSON{where}: {getattr(exc, 'msg', exc)}",
                                       file=source)]) from None
@@ -197,6 +223,9 @@ def _parse_node(node_id: str, raw: Any, bad) -> NodeEntry | None:
         return None
     inputs: dict[str, Any] = {}
     for name, value in raw_inputs.items():
+        if nested_too_deep(value):
+            bad(f"the value is {TOO_DEEP}", node=node_id, input=name)
+            continue
         if _looks_like_link(value):
             inputs[name] = Link(value[0], value[1])
         elif isinstance(value, dict) and set(value) == {LITERAL_ESCAPE}:
@@ -210,6 +239,9 @@ def _parse_node(node_id: str, raw: Any, bad) -> NodeEntry | None:
     meta = raw.get("meta")
     if meta is not None and not isinstance(meta, dict):
         bad("'meta' must be an object", node=node_id)
+        return None
+    if nested_too_deep(meta):
+        bad(f"'meta' is {TOO_DEEP}", node=node_id)
         return None
     return NodeEntry(node_type, inputs, version, meta)
 

@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 
+# Options that change where and in what order work happens, never the numbers it produces.
+RESULT_NEUTRAL_OPTIONS = frozenset({"cpu_offload", "attention_slicing"})
+
+
 @dataclass
 class Settings:
     device: str = "cpu"
@@ -25,7 +29,11 @@ class Settings:
 
     def result_salt(self) -> str:
         """The settings that can change what a node computes (fp16 and fp32 latents differ,
-        so do tiled and untiled decodes). Every cache key includes them; folders do not
-        enter, so `--out` or `--models-dir` alone never invalidates the cache."""
-        return json.dumps({"device": self.device, "dtype": self.dtype, "options": self.options},
+        so do tiled and untiled decodes). The keys of nodes that can read settings include
+        them; folders do not enter, so `--out` or `--models-dir` alone never invalidates the
+        cache, and neither do options that only move work around (offloading, attention
+        slicing) nor naming the default device's index (`cuda` is `cuda:0`)."""
+        options = {k: v for k, v in self.options.items() if k not in RESULT_NEUTRAL_OPTIONS}
+        device = self.device.removesuffix(":0")
+        return json.dumps({"device": device, "dtype": self.dtype, "options": options},
                           sort_keys=True, default=str)

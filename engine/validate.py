@@ -7,13 +7,15 @@ unless validation passed.
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
 
 from .errors import GraphError, Problem
-from .graph import Graph, Link
+from .graph import TOO_DEEP, Graph, Link, NodeEntry, nested_too_deep
 from .node import NodeSpec
 from .registry import Registry
 from .types import is_assignable, type_name
@@ -37,7 +39,10 @@ class CheckedGraph:
         return [n for n in self.order if n in keep]
 
 
-def validate(graph: Graph, registry: Registry) -> CheckedGraph:
+def validate(graph: Graph, registry: Registry, previous: CheckedGraph | None = None) -> CheckedGraph:
+    """Check every node, edge and param. `previous`, the last CheckedGraph of the same graph,
+    lets nodes whose entry did not change keep their checked literals, and an unchanged
+    structure keep its cycle check and topological order: a rerun costs what changed."""
     problems: list[Problem] = []
     src = graph.source
 
@@ -47,7 +52,16 @@ def validate(graph: Graph, registry: Registry) -> CheckedGraph:
     specs: dict[str, NodeSpec] = {}
     literals: dict[str, dict[str, Any]] = {}
     links: dict[str, dict[str, Link]] = {}
+    unchanged: set[str] = set()
+    old_nodes = previous.graph.nodes if previous is not None else {}
     for node_id, entry in graph.nodes.items():
+        old = old_nodes.get(node_id)
+        if old is not None and node_id in previous.literals and _same_entry(old, entry) \
+                and registry.get(entry.type) is previous.specs[node_id]:
+            specs[node_id] = previous.specs[node_id]
+            literals[node_id], links[node_id] = previous.literals[node_id], previous.links[node_id]
+            unchanged.add(node_id)
+            continue
         spec = registry.get(entry.type)
         if spec is None:
             close = registry.suggest(entry.type)
@@ -70,6 +84,8 @@ def validate(graph: Graph, registry: Registry) -> CheckedGraph:
 
     for node_id, node_links in links.items():
         spec = specs[node_id]
+        if node_id in unchanged and all(link.node in unchanged for link in node_links.values()):
+            continue  # the same edges between the same node types were checked last time
         for name, link in node_links.items():
             upstream = specs.get(link.node)
             if link.node not in graph.nodes:
@@ -93,16 +109,14 @@ def validate(graph: Graph, registry: Registry) -> CheckedGraph:
             bad(f"param '{pname}' points at unknown input '{param.input}'", node=param.node,
                 input=param.input)
 
-    dag = nx.DiGraph()
-    dag.add_nodes_from(graph.nodes)
-    for node_id, node_links in links.items():
-        dag.add_edges_from((link.node, node_id) for link in node_links.values()
-                           if link.node in graph.nodes)
-    cycles = [sorted(c) for c in nx.strongly_connected_components(dag)
-              if len(c) > 1 or dag.has_edge(next(iter(c)), next(iter(c)))]
-    for cycle in cycles:
-        bad(f"cycle through nodes {', '.join(repr(n) for n in cycle)}", node=cycle[0],
-            hint="a graph must be acyclic; use a retry node for loops")
+    same_structure = (previous is not None and len(old_nodes) == len(graph.nodes)
+                      and all(n in unchanged or (n in old_nodes and n in previous.links
+                                                 and links.get(n) == previous.links[n])
+                              for n in graph.nodes))
+    if same_structure:
+        order = previous.order
+    else:
+        order = _topological_order(graph, links, bad)
 
     outputs = [n for n, s in specs.items() if s.output_node]
     if graph.nodes and not outputs and not any(
@@ -113,7 +127,60 @@ def validate(graph: Graph, registry: Registry) -> CheckedGraph:
         bad("the graph has no nodes")
     if problems:
         raise GraphError(problems)
-    return CheckedGraph(graph, specs, literals, links, list(nx.topological_sort(dag)), outputs)
+    return CheckedGraph(graph, specs, literals, links, order, outputs)
+
+
+def _topological_order(graph: Graph, links: dict[str, dict[str, Link]], bad) -> list[str]:
+    dag = nx.DiGraph()
+    dag.add_nodes_from(graph.nodes)
+    for node_id, node_links in links.items():
+        dag.add_edges_from((link.node, node_id) for link in node_links.values()
+                           if link.node in graph.nodes)
+    cycles = [sorted(c) for c in nx.strongly_connected_components(dag)
+              if len(c) > 1 or dag.has_edge(next(iter(c)), next(iter(c)))]
+    for cycle in cycles:
+        bad(f"cycle through nodes {', '.join(repr(n) for n in cycle)}", node=cycle[0],
+            hint="a graph must be acyclic; use a retry node for loops")
+    return [] if cycles else list(nx.topological_sort(dag))
+
+
+def _same_entry(old: NodeEntry, new: NodeEntry) -> bool:
+    return (old is new or old.type == new.type and old.version == new.version
+            and old.inputs.keys() == new.inputs.keys()
+            and all(same_value(old.inputs[k], v) for k, v in new.inputs.items()))
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal and of the same types all the way down (1, 1.0 and True are different literals)."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if x is y:
+            continue
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, dict):
+            if x.keys() != y.keys():
+                return False
+            stack.extend((x[k], y[k]) for k in x)
+        elif isinstance(x, (list, tuple)):
+            if len(x) != len(y):
+                return False
+            stack.extend(zip(x, y))
+        elif x != y:
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def fingerprinted_inputs(spec: NodeSpec) -> frozenset[str]:
+    """Inputs the node's fingerprint reads: they must be literals, since fingerprints are
+    computed while planning, before any upstream node has run."""
+    if spec.fingerprint is None:
+        return frozenset()
+    params = inspect.signature(spec.fingerprint).parameters
+    return frozenset(name for name, p in params.items()
+                     if name in spec.inputs and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
 
 
 def _did_you_mean(name: str, choices) -> str | None:
@@ -130,7 +197,13 @@ def _check_inputs(node_id: str, spec: NodeSpec, inputs: dict[str, Any], bad):
             bad(f"unknown input '{name}' for '{spec.type}'", node=node_id, input=name,
                 hint=_did_you_mean(name, spec.inputs) or f"inputs: {', '.join(spec.inputs) or 'none'}")
         elif isinstance(value, Link):
+            if name in fingerprinted_inputs(spec):
+                bad(f"must be a literal: it is fingerprinted (the node reads outside state such as a "
+                    f"file named by it before anything runs), not linked from '{value.node}.{value.output}'",
+                    node=node_id, input=name)
             links[name] = value
+        elif nested_too_deep(value):
+            bad(f"the value is {TOO_DEEP}", node=node_id, input=name)
         elif not ispec.literal:
             bad(f"must be linked from an output of type {type_name(ispec.annotation)}, "
                 f"not given a literal", node=node_id, input=name)

@@ -271,17 +271,3 @@ def test_linked_values_meet_the_input_constraints(executor, registry):
     with pytest.raises(NodeError) as info:
         executor.run(g.build())
     assert info.value.node == "s" and "input 'steps'" in info.value.message
-
-
-def test_result_affecting_settings_enter_the_keys_but_folders_do_not(registry, tmp_path):
-    from engine import Settings
-    from engine.cache import Cache
-
-    cache = Cache()
-    g = chain(2, registry)
-    Executor(registry=registry, cache=cache, settings=Settings(dtype="float32")).run(g.build())
-    same = Executor(registry=registry, cache=cache,
-                    settings=Settings(dtype="float32", output_dir=tmp_path)).run(g.build())
-    assert same.ran == []
-    other = Executor(registry=registry, cache=cache, settings=Settings(dtype="float16")).run(g.build())
-    assert other.ran == ["n0", "n1", "out"]
