@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from . import cli_batch
 from .cache import Cache, MemoryCache
 from .disk_cache import DiskCache
 from .documents import LOOM_FORMAT, load_document, write_document
@@ -48,8 +49,6 @@ def _parse_assignments(items: list[str], flag: str) -> dict[str, Any]:
             values[name] = json.loads(raw)
         except json.JSONDecodeError:
             values[name] = raw
-        except RecursionError:
-            raise GraphError([Problem(f"{flag} {name}: the value is nested too deeply")]) from None
     return values
 
 
@@ -231,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     _add_cache_options(run)
     run.set_defaults(func=cmd_run)
+
+    cli_batch.add_parser(sub, lambda p: (_add_run_options(p, out="output/batch"), _add_cache_options(p)),
+                         _executor, load_graph, _parse_assignments, err)
 
     validate = sub.add_parser("validate", help="check a graph without running it")
     validate.add_argument("graph")

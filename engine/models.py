@@ -152,6 +152,10 @@ class ModelManager:
     def __len__(self) -> int:
         return len(self._loaded)
 
+    def __contains__(self, identity: tuple) -> bool:
+        """Whether the model with this identity is loaded now (not evicted)."""
+        return identity in self._loaded
+
     def clear(self) -> None:
         with self._lock:
             self._loaded.clear()

@@ -1,0 +1,9 @@
+"""The batch tests' node pack is importable from here (in this process and in `loom batch`)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
