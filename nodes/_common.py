@@ -5,21 +5,38 @@ and the seeded noise every sampler and test uses.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import NodeInputError
 from engine.settings import Settings
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
+# setting value -> name of the torch dtype (torch itself is imported only when a node runs)
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16",
+           "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def no_grad(fn):
+    """`torch.no_grad()` as a decorator that imports torch when `fn` is called, not when its
+    module is imported: the node catalogue loads without torch."""
+    @functools.wraps(fn)
+    def without_grad(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return without_grad
 
 
 def torch_dtype(settings: Settings) -> torch.dtype:
+    import torch
+
     try:
-        return _DTYPES[str(settings.dtype)]
+        return getattr(torch, _DTYPES[str(settings.dtype)])
     except KeyError:
         raise NodeInputError(None, f"unknown dtype setting {settings.dtype!r} "
                                    f"(one of {', '.join(_DTYPES)})") from None
@@ -76,6 +93,7 @@ def refuse_pickle(settings: Settings, path: Path, input_name: str = "name") -> N
 
 def read_state_dict(settings: Settings, path: Path, input_name: str = "name") -> dict:
     """Tensors of a .safetensors file, or of a pickle file when the user allows pickles."""
+    import torch
     refuse_pickle(settings, path, input_name)
     if path.suffix in PICKLE_SUFFIXES:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -101,6 +119,7 @@ def seeded_noise(shape: tuple[int, ...], seed: int, offsets: list[int]) -> tuple
     The generators are returned too: ancestral schedulers draw their step noise from them, so
     an item's whole trajectory depends only on its own seed, never on its batch position.
     """
+    import torch
     generators = [torch.Generator("cpu").manual_seed((seed + off) % 2**64) for off in offsets]
     noise = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32)
                        for g in generators])

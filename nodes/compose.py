@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 
-import torch
 from pydantic import Field
 
 from engine import Lazy, NodeInputError, node
@@ -87,6 +86,7 @@ def batch_over(image: Lazy[Image], vary: Target,
     """Evaluate the image sub-graph once per value, with `vary` (e.g. the sampler's seed or a
     text input) set to that value, and stack the results into one batch. Each item is cached
     on its own key; `labels` are the values as text (captions for a grid)."""
+    import torch
     images = []
     for i, value in enumerate(values):
         out = image.get({(vary.node, vary.input): value})
@@ -114,6 +114,7 @@ def image_grid(images: Image, columns: Annotated[int, Field(ge=0, le=64, descrip
                background: Annotated[float, Field(ge=0, le=1)] = 1.0) -> Image:
     """A contact sheet: the batch laid out in a grid, each cell with its caption (wrapped,
     shortened with an ellipsis) under it. Returns one image."""
+    import torch
     import math
 
     import numpy as np
@@ -160,6 +161,7 @@ def text_list(text: Annotated[str, Field(description="one item per line")]) -> l
 @node("image_batch", category="compose", version=1)
 def image_batch(a: Image, b: Image) -> Image:
     """Concatenate two image batches (b is resized to a's size when they differ)."""
+    import torch
     pixels = b.pixels
     if pixels.shape[1:3] != a.pixels.shape[1:3]:
         from .upscale import resample

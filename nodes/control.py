@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from engine.context import Context
@@ -28,6 +26,9 @@ from engine.types import model_name
 from ._common import fingerprint_model, read_state_dict, resolve_model, torch_dtype
 from .control_types import ControlNet
 from .types import DiffusionModel, Image, StepInfo
+
+if TYPE_CHECKING:
+    import torch
 
 def _single_file_config(ctx: Context, path: Path, config: str) -> Path:
     """The config folder or file for a single-file ControlNet: the `config` input (a folder
@@ -106,6 +107,8 @@ class ControlNetHook:
 
     def condition(self, model: DiffusionModel, step: StepInfo) -> torch.Tensor:
         """The hint at the sampled image size, batched like the UNet input (CFG pairs included)."""
+        import torch
+        import torch.nn.functional as F
         h, w = (s * model.latent_scale for s in step.sample.shape[-2:])
         hint = self.hint
         if hint.shape[-2:] != (h, w):

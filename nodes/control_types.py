@@ -7,13 +7,15 @@ numbers and strings, so the engine's disk cache can keep them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, Field
 
-from .types import Image, _PortType
+from .types import Image, _PortType, float32
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ControlNet", "ControlHint", "IPAdapter", "ImageEmbeds", "UpscaleModel", "ClipModel",
            "QualityReport", "WatermarkReport"]
@@ -35,7 +37,7 @@ class ControlNet(_PortType):
     model: Any
     identity: str
     device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default_factory=float32)
 
 
 @dataclass(eq=False)
@@ -58,7 +60,7 @@ class IPAdapter(_PortType):
     variant: str
     identity: str
     device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default_factory=float32)
 
 
 @dataclass

@@ -9,16 +9,17 @@ where `draw_shape`'s does, and its `mask` output (transparent pixels) where `dra
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import numpy as np
-import torch
 from pydantic import Field
 
 from engine.errors import NodeInputError
 from engine.node import node
 
 from .types import Image, Mask
+
+if TYPE_CHECKING:
+    import torch
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
@@ -36,6 +37,8 @@ SUPERSAMPLE = 4
 
 
 def _pil_to_tensor(pil) -> torch.Tensor:
+    import numpy as np
+    import torch
     return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0)
 
 
@@ -81,6 +84,7 @@ def draw_mask(shape: Literal["rectangle", "ellipse"] = "rectangle",
     left/top/right/bottom, as fractions of the mask (units "fraction") or in pixels; the mask
     is width x height, or the size of `image` when one is linked. `feather` softens the edge
     over that many pixels; `invert` keeps the inside and paints the rest."""
+    import torch
     if image is not None:
         width, height = image.width, image.height
     scale_x, scale_y = (width, height) if units == "fraction" else (1.0, 1.0)

@@ -14,9 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, NamedTuple
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from engine.context import Context
@@ -51,6 +48,8 @@ def _image_fingerprint(name: str, *, settings: Settings, **_) -> str:
 
 
 def pil_to_image(pil) -> ImageAndMask:
+    import numpy as np
+    import torch
     rgba = np.asarray(pil.convert("RGBA"), dtype=np.float32) / 255.0
     pixels = torch.from_numpy(rgba[..., :3].copy())[None]
     mask = 1.0 - torch.from_numpy(rgba[..., 3].copy())[None]   # transparent = to paint
@@ -58,6 +57,7 @@ def pil_to_image(pil) -> ImageAndMask:
 
 
 def image_to_pil(image: Image, index: int = 0):
+    import numpy as np
     from PIL import Image as PILImage
 
     arr = (image.pixels[index].clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
@@ -178,6 +178,7 @@ def pad_for_outpaint(image: Image, left: Pad = 0, top: Pad = 0, right: Pad = 0, 
                      feathering: Annotated[int, Field(ge=0, le=512)] = 8) -> ImageAndMask:
     """Extend the canvas (grey fill) and return the mask of the new area (1 = paint), softened
     `feathering` pixels into the original image so the seam blends."""
+    import torch
     b, h, w, c = image.pixels.shape
     H, W = h + top + bottom, w + left + right
     pixels = torch.full((b, H, W, c), 0.5)
@@ -199,6 +200,7 @@ def pad_for_outpaint(image: Image, left: Pad = 0, top: Pad = 0, right: Pad = 0, 
 @node("composite_masked", category="image", version=1)
 def composite_masked(destination: Image, source: Image, mask: Mask) -> Image:
     """destination * (1 - mask) + source * mask (paste an inpainted result over the original)."""
+    import torch.nn.functional as F
     if destination.pixels.shape[1:3] != source.pixels.shape[1:3]:
         raise NodeInputError("source", "source and destination sizes differ")
     m = mask.mask.float()

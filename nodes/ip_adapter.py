@@ -21,10 +21,8 @@ The FaceID variants need face embeddings from insightface, which is not part of 
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from engine.context import Context
@@ -35,9 +33,12 @@ from engine.node import node
 from engine.settings import Settings
 from engine.types import model_name
 
-from ._common import PICKLE_SUFFIXES, fingerprint_model, read_state_dict, resolve_model, torch_dtype
+from ._common import PICKLE_SUFFIXES, fingerprint_model, no_grad, read_state_dict, resolve_model, torch_dtype
 from .control_types import ImageEmbeds, IPAdapter
 from .types import DiffusionModel, Image, StepInfo
+
+if TYPE_CHECKING:
+    import torch
 
 
 # ---------------------------------------------------------------------------
@@ -115,9 +116,10 @@ def load_ip_adapter(ctx: Context, name: model_name("ipadapter"), clip_vision: mo
 # image embeddings
 # ---------------------------------------------------------------------------
 
-@torch.no_grad()
+@no_grad
 def encode_images(ip: IPAdapter, images: list) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeds, negative) for PIL images, as diffusers' encode_image computes them."""
+    import torch
     x = ip.processor(images, return_tensors="pt").pixel_values.to(ip.device, ip.encoder.dtype)
     if ip.hidden_states:
         pos = ip.encoder(x, output_hidden_states=True).hidden_states[-2]
@@ -141,6 +143,7 @@ def encode_ip_image(ip_adapter: IPAdapter, image: Image) -> ImageEmbeds:
 @node("combine_image_embeds", category="ip_adapter", version=1)
 def combine_image_embeds(a: ImageEmbeds, b: ImageEmbeds) -> ImageEmbeds:
     """Use the reference images of both as one set (same adapter)."""
+    import torch
     if a.adapter != b.adapter or a.embeds.shape[1:] != b.embeds.shape[1:]:
         raise NodeInputError("b", "the embeddings were made for different IP-Adapters")
     return ImageEmbeds(torch.cat([a.embeds, b.embeds]), torch.cat([a.negative, b.negative]), a.adapter)
@@ -161,6 +164,7 @@ class LoomAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  loom_ip=None, *args, **kwargs):
+        import torch.nn.functional as F
         if loom_ip is None or self.cross_index is None:
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         # the same steps as diffusers' IPAdapterAttnProcessor2_0, with the adapter weights passed in
@@ -242,12 +246,14 @@ class IPAdapterHook:
         self._tokens: dict = {}
 
     def _project(self, entry: IPEntry, embeds: torch.Tensor) -> torch.Tensor:
+        import torch
         ip = entry.adapter
         with torch.no_grad():
             tokens = ip.projection(embeds.to(ip.device, ip.dtype))       # [N, T, X]
         return tokens.reshape(1, -1, tokens.shape[-1])                    # the images' tokens, concatenated
 
     def __call__(self, model: DiffusionModel, step: StepInfo) -> dict:
+        import torch
         rows = step.sample.shape[0]
         payload = []
         for i, entry in enumerate(self.entries):

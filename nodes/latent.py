@@ -5,16 +5,17 @@ of a batch uses seed + batch_index[i], so a seed gives the same image alone or i
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from engine.errors import NodeInputError
 from engine.node import node
 
 from .types import Latent, Mask, Vae
+
+if TYPE_CHECKING:
+    import torch
 
 Size = Annotated[int, Field(ge=8, le=8192, multiple_of=8, description="pixels, a multiple of 8")]
 
@@ -24,6 +25,7 @@ def empty_latent(vae: Vae, width: Size = 512, height: Size = 512,
                  batch: Annotated[int, Field(ge=1, le=64)] = 1) -> Latent:
     """A batch of zero latents for a width x height image; the latent size and channel count
     come from the VAE (its own down-sampling factor, not a fixed 8)."""
+    import torch
     f = vae.scale_factor
     for name, value in (("width", width), ("height", height)):
         if value % f:
@@ -34,6 +36,7 @@ def empty_latent(vae: Vae, width: Size = 512, height: Size = 512,
 @node("latent_batch", category="latent", version=1)
 def latent_batch(a: Latent, b: Latent) -> Latent:
     """Concatenate two latent batches (b's seeds follow a's)."""
+    import torch
     if a.samples.shape[1:] != b.samples.shape[1:]:
         raise NodeInputError("b", f"latent shape {tuple(b.samples.shape[1:])} differs from "
                                   f"{tuple(a.samples.shape[1:])}")
@@ -56,6 +59,7 @@ def latent_from_batch(latent: Latent, index: Annotated[int, Field(ge=0, le=63)] 
 
 def mask_to_latent(mask: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
     """[B, H, W] pixel mask -> [B, 1, h, w] at latent size (bilinear), batch matched."""
+    import torch.nn.functional as F
     m = mask.float()
     if m.ndim == 2:
         m = m[None]
@@ -75,6 +79,7 @@ def set_latent_noise_mask(latent: Latent, mask: Mask) -> Latent:
 def upscale_latent(latent: Latent, scale: Annotated[float, Field(gt=0, le=8)] = 1.5,
                    mode: Literal["nearest-exact", "bilinear", "bicubic", "area"] = "nearest-exact") -> Latent:
     """Resize latents (for a hires-fix pass: upscale, then sample again with denoise < 1)."""
+    import torch.nn.functional as F
     h, w = (round(s * scale) for s in latent.samples.shape[-2:])
     resize = lambda t: None if t is None else F.interpolate(t, size=(h, w), mode=mode)  # noqa: E731
     return Latent(resize(latent.samples), latent.batch_index, resize(latent.noise_mask),

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NamedTuple
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
-import torch
 from pydantic import Field
 
 from engine.context import Context
@@ -26,6 +25,9 @@ from engine.types import model_name
 
 from ._common import PICKLE_SUFFIXES, fingerprint_model, read_state_dict, refuse_pickle, resolve_model, torch_dtype
 from .types import DiffusionModel, LoraSpec, TextEncoder, Vae
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")

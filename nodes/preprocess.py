@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import numpy as np
-import torch
 from pydantic import Field
 
 from engine.context import Context
@@ -29,6 +27,9 @@ from engine.settings import Settings
 from ._common import fingerprint_model
 from .control_types import ControlHint
 from .types import Image
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Resolution = Annotated[int, Field(ge=64, le=4096, description="detection resolution (short side)")]
 
@@ -52,11 +53,14 @@ WeightedName = Literal["hed", "pidinet", "mlsd", "lineart", "lineart_anime", "no
 
 
 def _to_uint8(image: Image, index: int) -> np.ndarray:
+    import numpy as np
     return (image.pixels[index].clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
 
 
 def _to_hint(arrays: list[np.ndarray], kind: str, size: tuple[int, int]) -> ControlHint:
     """Hint tensor [B, H, W, 3] at the input's size from detector outputs (HxW or HxWxC uint8)."""
+    import numpy as np
+    import torch
     from PIL import Image as PILImage
 
     out = []
@@ -104,6 +108,7 @@ def canny(image: Image, low_threshold: Annotated[int, Field(ge=0, le=255)] = 100
 @node("content_shuffle", category="control/preprocess", version=1)
 def content_shuffle(image: Image, seed: Annotated[int, Field(ge=0, lt=2**32)] = 0) -> ControlHint:
     """Randomly warped copy of the image (for the shuffle ControlNet); seeded, so cacheable."""
+    import numpy as np
     detector = detector_class("controlnet_aux.shuffle", "ContentShuffleDetector")()
 
     def detect(a):
@@ -121,6 +126,7 @@ def content_shuffle(image: Image, seed: Annotated[int, Field(ge=0, lt=2**32)] = 
 def lineart_standard(image: Image, sigma: Annotated[float, Field(gt=0, le=50)] = 6.0,
                      intensity_threshold: Annotated[int, Field(ge=0, le=255)] = 8) -> ControlHint:
     """Line drawing from a difference of Gaussians (no weights)."""
+    import numpy as np
     detector = detector_class("controlnet_aux.lineart_standard", "LineartStandardDetector")()
     return run_detector(image, "lineart_standard", lambda a: np.asarray(detector(
         a, guassian_sigma=sigma, intensity_threshold=intensity_threshold,
@@ -164,6 +170,7 @@ def preprocess(ctx: Context, image: Image, detector: WeightedName,
                resolution: Resolution = 512) -> ControlHint:
     """Run a controlnet-aux detector with weights (HED, MLSD, lineart, normals, depth, pose ...)
     loaded from models/annotators; the hint comes back at the image's size."""
+    import numpy as np
     if isinstance(image, ControlHint):
         return image
     module, cls_name, _ = WEIGHTED[detector]

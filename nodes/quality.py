@@ -9,10 +9,8 @@ depend on the resolution of the image.
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from engine.context import Context
@@ -20,9 +18,12 @@ from engine.node import node
 from engine.settings import Settings
 from engine.types import model_name
 
-from ._common import fingerprint_model
+from ._common import fingerprint_model, no_grad
 from .control_types import ClipModel, QualityReport
 from .types import Image
+
+if TYPE_CHECKING:
+    import torch
 
 WORK_SIZE = 256          # sharpness is measured at this size (area-resampled)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -36,6 +37,8 @@ def luminance(pixels: torch.Tensor) -> torch.Tensor:
 
 def measure(pixels: torch.Tensor) -> list[dict[str, float]]:
     """Per image: finite, sharpness, brightness, clipped, contrast, colourfulness."""
+    import torch
+    import torch.nn.functional as F
     out = []
     for img in pixels.float():
         finite = bool(torch.isfinite(img).all())
@@ -54,9 +57,11 @@ def measure(pixels: torch.Tensor) -> list[dict[str, float]]:
     return out
 
 
-@torch.no_grad()
+@no_grad
 def clip_scores(clip: ClipModel, pixels: torch.Tensor, text: str) -> list[float]:
     """100 x cosine similarity between each image and the text, as CLIPScore defines it."""
+    import torch
+    import torch.nn.functional as F
     model = clip.model
     size = model.config.vision_config.image_size
     x = F.interpolate(pixels.permute(0, 3, 1, 2).float(), size=(size, size), mode="bicubic",

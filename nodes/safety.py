@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from engine.context import Context
 from engine.errors import NodeInputError
@@ -96,6 +95,7 @@ def prompt_filter(ctx: Context, text: str, blocklist: file_input("input") = "def
 
 def pixel_hash(image: Image, index: int) -> str:
     """SHA-256 of the 8-bit RGB pixels, what a saved PNG decodes to."""
+    import numpy as np
     arr = (image.pixels[index].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     return hashlib.sha256(arr.tobytes()).hexdigest()
 

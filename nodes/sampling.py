@@ -17,19 +17,21 @@ import inspect
 import math
 import threading
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
 from pydantic import Field
 
 from engine.context import Context
 from engine.errors import NodeInputError
 from engine.node import node
 
-from ._common import on_device, option, seeded_noise
+from ._common import no_grad, on_device, option, seeded_noise
 from .lora import activate_unet
 from .text import pad_tokens
 from .types import Conditioning, DiffusionModel, Latent, StepInfo
+
+if TYPE_CHECKING:
+    import torch
 
 SchedulerName = Literal["ddpm", "ddim", "euler", "euler_ancestral", "heun", "lms", "dpm_2", "dpm_2_ancestral",
                         "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde", "deis", "unipc", "unipc_bh1",
@@ -102,6 +104,7 @@ def make_scheduler(name: str, config: dict, karras: bool = False, schedule: str 
 
 def guidance_embedding(w: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
     """The guidance-scale embedding of LCM-distilled UNets (as diffusers' LCM pipeline builds it)."""
+    import torch
     w = w * 1000.0
     half = dim // 2
     emb = torch.exp(torch.arange(half, dtype=dtype) * -(math.log(10000.0) / (half - 1)))
@@ -126,6 +129,7 @@ def _micro_ids(unet, cond: Conditioning, size: list[int], negative: bool) -> lis
 def _batched_conditioning(model: DiffusionModel, groups: list[list[Conditioning]], batch: int,
                           size: list[int], negative_flags: list[bool]) -> tuple[torch.Tensor, dict | None]:
     """encoder_hidden_states [G*B, T, D] for the groups in order, and SDXL added_cond_kwargs."""
+    import torch
     entries = [(c, neg) for group, neg in zip(groups, negative_flags) for c in group]
     pad = next((c.pad_chunk for c, _ in entries if c.pad_chunk is not None), None)
     length = max(c.embeds.shape[1] for c, _ in entries)
@@ -154,6 +158,7 @@ def _batched_conditioning(model: DiffusionModel, groups: list[list[Conditioning]
 
 def zero_conditioning(cond: Conditioning) -> Conditioning:
     """The conditioning with every embedding zeroed (the negative when none is given)."""
+    import torch
     return cond.replace(embeds=torch.zeros_like(cond.embeds), pad_chunk=None, combined=[], text="",
                         pooled=None if cond.pooled is None else torch.zeros_like(cond.pooled),
                         aesthetic_score=None)
@@ -202,13 +207,14 @@ def attention_slicing(ctx: Context, unet):
                 module.set_processor(processor)
 
 
-@torch.no_grad()
+@no_grad
 def run_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning, latent: Latent,
             negative: Conditioning | None = None, seed: int = 0, steps: int = 20, cfg: float = 7.0,
             scheduler: str = "dpmpp_2m", karras: bool = False, denoise: float = 1.0,
             start_step: int = 0, end_step: int = 10000, add_noise: bool = True,
             schedule: str = "default") -> Latent:
     """The sampler (what the `sample` node runs), callable from other nodes and tests."""
+    import torch
     unet, device = model.unet, model.device
     dtype = unet.dtype
 

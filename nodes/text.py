@@ -10,16 +10,19 @@ concatenated along the token axis.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 from pydantic import Field
 
 from engine.context import Context
 from engine.node import node
 
+from ._common import no_grad
 from .lora import activate_text_encoders
 from .types import Conditioning, TextEncoder
+
+if TYPE_CHECKING:
+    import torch
 
 _ATTENTION = re.compile(r"\\\(|\\\)|\\\[|\\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
 
@@ -100,6 +103,7 @@ def _hidden(te: TextEncoder, encoder, ids: torch.Tensor, sdxl: bool) -> tuple[to
 
 
 def _apply_weights(z: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    import torch
     if all(w == 1.0 for w in weights):
         return z
     w = torch.tensor(weights, dtype=z.dtype, device=z.device)[None, :, None]
@@ -108,9 +112,10 @@ def _apply_weights(z: torch.Tensor, weights: list[float]) -> torch.Tensor:
     return z * (original_mean / z.mean())
 
 
-@torch.no_grad()
+@no_grad
 def encode_prompt(te: TextEncoder, text: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(embeds [1, T, D], pooled [1, P] or None, pad chunk [1, L, D] or None) for one prompt."""
+    import torch
     activate_text_encoders(te)
     sdxl = te.family.startswith("sdxl")
     fragments = parse_weights(text)
@@ -192,6 +197,7 @@ def encode_text_sdxl(ctx: Context, text_encoder: TextEncoder, text: str,
 
 def pad_tokens(a: torch.Tensor, b: torch.Tensor, pad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Two [B, T, D] embeddings brought to the same T by appending empty-chunk encodings."""
+    import torch
     def grow(x: torch.Tensor, length: int) -> torch.Tensor:
         if x.shape[1] >= length:
             return x
@@ -219,6 +225,7 @@ def conditioning_average(a: Conditioning, b: Conditioning,
 @node("conditioning_concat", category="conditioning", version=1)
 def conditioning_concat(a: Conditioning, b: Conditioning) -> Conditioning:
     """Append b's tokens to a's (the UNet attends to both prompts at once)."""
+    import torch
     return a.replace(embeds=torch.cat([a.embeds, b.embeds.to(a.embeds)], dim=1),
                      text=f"{a.text} BREAK {b.text}")
 

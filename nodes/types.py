@@ -28,14 +28,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "Image", "Mask", "Latent", "Conditioning", "DiffusionModel", "TextEncoder", "Vae",
     "UNetHook", "StepInfo", "LoraSpec",
 ]
+
+
+def float32() -> torch.dtype:
+    """The default dtype of model handles; a factory so that declaring the port types (what
+    the node catalogue needs) does not import torch."""
+    import torch
+
+    return torch.float32
 
 
 class _PortType:
@@ -72,9 +81,9 @@ class Image(_PortType):
     def width(self) -> int:
         return self.pixels.shape[2]
 
-    def to_nchw(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """[B, 3, H, W] in -1..1, as a VAE or a ControlNet wants it."""
-        return (self.pixels.to(device=device, dtype=dtype).permute(0, 3, 1, 2) * 2.0 - 1.0).contiguous()
+    def to_nchw(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
+        """[B, 3, H, W] in -1..1 (float32 unless `dtype` says otherwise), as a VAE or a ControlNet wants it."""
+        return (self.pixels.to(device=device, dtype=dtype or float32()).permute(0, 3, 1, 2) * 2.0 - 1.0).contiguous()
 
     @classmethod
     def from_nchw(cls, x: torch.Tensor) -> "Image":
@@ -215,7 +224,7 @@ class DiffusionModel(_PortType):
     latent_scale: int
     identity: str
     device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default_factory=float32)
     loras: list[LoraSpec] = field(default_factory=list)
     hooks: list[Callable] = field(default_factory=list)
 
@@ -251,7 +260,7 @@ class TextEncoder(_PortType):
     family: str
     identity: str
     device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default_factory=float32)
     loras: list[LoraSpec] = field(default_factory=list)
     clip_skip: int = 0
     pad_cache: dict = field(default_factory=dict, repr=False)
@@ -275,7 +284,7 @@ class Vae(_PortType):
     vae: Any
     identity: str
     device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default_factory=float32)
 
     @property
     def scale_factor(self) -> int:

@@ -9,10 +9,8 @@ restricted unpickler. (Latent upscaling for a hires-fix pass is `upscale_latent`
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from engine.context import Context
@@ -23,9 +21,13 @@ from engine.node import node
 from engine.settings import Settings
 from engine.types import model_name
 
-from ._common import fingerprint_model, on_device, refuse_pickle, resolve_model, seeded_noise, torch_dtype
+from ._common import (fingerprint_model, no_grad, on_device, refuse_pickle, resolve_model, seeded_noise,
+                      torch_dtype)
 from .control_types import UpscaleModel
 from .types import Image
+
+if TYPE_CHECKING:
+    import torch
 
 Resample = Literal["lanczos", "bicubic", "bilinear", "nearest", "area"]
 MIN_TILE = 64
@@ -64,6 +66,7 @@ def load_upscale_model(ctx: Context, name: model_name("upscale_models")) -> Upsc
 
 
 def _feather(size: int, overlap: int, first: bool, last: bool) -> torch.Tensor:
+    import torch
     ramp = torch.ones(size)
     if overlap > 0:
         edge = torch.linspace(0, 1, overlap + 2)[1:-1]
@@ -82,9 +85,10 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
-@torch.no_grad()
+@no_grad
 def run_tiled(fn, x: torch.Tensor, scale: int, tile: int, overlap: int, progress=None) -> torch.Tensor:
     """fn over [B, C, H, W] in overlapping tiles, blended with linear feathering."""
+    import torch
     b, c, h, w = x.shape
     if h <= tile and w <= tile:
         return fn(x)
@@ -108,11 +112,13 @@ def run_tiled(fn, x: torch.Tensor, scale: int, tile: int, overlap: int, progress
 
 
 def _is_oom(exc: BaseException) -> bool:
+    import torch
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def upscale_pixels(ctx: Context, model: UpscaleModel, pixels: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
     """[B, H, W, 3] -> [B, H*s, W*s, 3], halving the tile on out-of-memory."""
+    import torch
     d = model.descriptor
     x = pixels.permute(0, 3, 1, 2).float()
 
@@ -146,6 +152,8 @@ def upscale_with_model(ctx: Context, model: UpscaleModel, image: Image, tile: Ti
 
 def resample(pixels: torch.Tensor, width: int, height: int, method: str) -> torch.Tensor:
     """[B, H, W, 3] resized; lanczos through Pillow, the rest through torch."""
+    import torch
+    import torch.nn.functional as F
     if method == "lanczos":
         import numpy as np
         from PIL import Image as PILImage
@@ -235,6 +243,7 @@ def sd_upscale(ctx: Context, image: Image, name: model_name("upscale_models"), p
     """The Stable Diffusion x4 upscaler (a diffusers StableDiffusionUpscalePipeline folder in
     models/upscale_models), guided by a prompt; `noise_level` is how much noise is added to
     the low-resolution image first (more = more invented detail)."""
+    import torch
     pipe = _load_sd_upscaler(ctx, name)
     f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     x = image.pixels.permute(0, 3, 1, 2) * 2 - 1

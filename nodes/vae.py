@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from engine.context import Context
 from engine.errors import NodeInputError
 from engine.node import node
 
-from ._common import on_device, option
+from ._common import no_grad, on_device, option
 from .latent import mask_to_latent
 from .types import Image, Latent, Mask, Vae
+
+if TYPE_CHECKING:
+    import torch
 
 _lock = threading.RLock()
 
@@ -49,7 +50,7 @@ def _check_size(vae: Vae, image: Image, input_name: str = "image") -> None:
                                          f"of the VAE's factor {f}")
 
 
-@torch.no_grad()
+@no_grad
 def encode_pixels(ctx: Context, vae: Vae, pixels_nchw: torch.Tensor, tiled=False, sliced=False) -> torch.Tensor:
     with _vae_mode(ctx, vae, tiled, sliced) as module:
         x = pixels_nchw.to(device=vae.device, dtype=module.dtype)
@@ -58,7 +59,7 @@ def encode_pixels(ctx: Context, vae: Vae, pixels_nchw: torch.Tensor, tiled=False
     return ((latents - shift) * vae.scaling_factor).float().cpu()
 
 
-@torch.no_grad()
+@no_grad
 def decode_latents(ctx: Context, vae: Vae, latents: torch.Tensor, tiled=False, sliced=False) -> torch.Tensor:
     """[B, 3, H, W] in -1..1 (float32, CPU) from UNet-space latents."""
     with _vae_mode(ctx, vae, tiled, sliced) as module:
@@ -85,6 +86,7 @@ def vae_encode_inpaint(ctx: Context, vae: Vae, image: Image, mask: Mask,
     """Encode an image for inpainting: the latent carries a noise mask (1 = regenerate) so an
     ordinary UNet repaints only the hole, and the latents of the image with the hole blanked,
     which a 9-channel inpainting UNet takes beside the mask."""
+    import torch.nn.functional as F
     _check_size(vae, image)
     m = mask.mask.float()
     if m.ndim == 2:

@@ -20,11 +20,8 @@ kept for compatibility with marks made elsewhere. Measured robustness of the thr
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from engine.errors import NodeInputError
@@ -32,6 +29,10 @@ from engine.node import node
 
 from .control_types import WatermarkReport
 from .types import Image
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 Method = Literal["loom", "dwtDct", "dwtDctSvd"]
 DEFAULT_KEY = "loom-watermark-v1"
@@ -103,6 +104,8 @@ def parse_bits(text: str) -> list[int]:
 
 def _patterns(n_bits: int, height: int, width: int, key: str, cell: int = CELL) -> torch.Tensor:
     """[n_bits, H, W] zero-mean +-1 cell patterns, bilinearly smoothed to pixel size."""
+    import torch
+    import torch.nn.functional as F
     seed = int.from_bytes(hashlib.sha256(f"{key}|{n_bits}".encode()).digest()[:8], "big")
     g = torch.Generator().manual_seed(seed)
     gh, gw = -(-height // cell), -(-width // cell)
@@ -114,6 +117,7 @@ def _patterns(n_bits: int, height: int, width: int, key: str, cell: int = CELL) 
 
 def _residual(y: torch.Tensor, cell: int = CELL) -> torch.Tensor:
     """Luminance minus its local mean: most of the image goes, the pattern stays."""
+    import torch.nn.functional as F
     k = 3 * cell
     blurred = F.avg_pool2d(F.pad(y[:, None], (k // 2,) * 4, mode="replicate"), k, stride=1)[:, 0]
     return y - blurred[:, :y.shape[1], :y.shape[2]]
@@ -132,6 +136,8 @@ def embed_loom(pixels: torch.Tensor, bits: list[int], key: str = DEFAULT_KEY,
     the marked, 8-bit-rounded image is checked and weak bits are boosted again, so that
     every bit reads back with a margin before any attack.
     """
+    import numpy as np
+    import torch
     b, h, w, _ = pixels.shape
     p = _patterns(len(bits), h, w, key)
     signs = torch.tensor([1.0 if x else -1.0 for x in bits])
@@ -155,6 +161,7 @@ def embed_loom(pixels: torch.Tensor, bits: list[int], key: str = DEFAULT_KEY,
 
 def detect_loom(pixels: torch.Tensor, n_bits: int, key: str = DEFAULT_KEY) -> torch.Tensor:
     """[B, n_bits] normalised correlations (sign = bit, magnitude = confidence in noise sigmas)."""
+    import torch
     _, h, w, _ = pixels.shape
     p = _patterns(n_bits, h, w, key)
     r = _residual(_luma(pixels.float()))
@@ -173,10 +180,13 @@ def detect_loom(pixels: torch.Tensor, n_bits: int, key: str = DEFAULT_KEY) -> to
 # ---------------------------------------------------------------------------
 
 def _bgr(pixels: torch.Tensor, i: int) -> np.ndarray:
+    import numpy as np
     return np.ascontiguousarray((pixels[i].clamp(0, 1).numpy()[..., ::-1] * 255).round().astype(np.uint8))
 
 
 def embed_imwatermark(pixels: torch.Tensor, bits: list[int], method: str) -> torch.Tensor:
+    import numpy as np
+    import torch
     from imwatermark import WatermarkEncoder
 
     enc = WatermarkEncoder()
@@ -191,6 +201,7 @@ def embed_imwatermark(pixels: torch.Tensor, bits: list[int], method: str) -> tor
 
 
 def detect_imwatermark(pixels: torch.Tensor, n_bits: int, method: str) -> torch.Tensor:
+    import torch
     from imwatermark import WatermarkDecoder
 
     dec = WatermarkDecoder("bits", n_bits)
@@ -265,6 +276,8 @@ def visible_watermark(image: Image, text: Annotated[str, Field(min_length=1, max
                       size: Annotated[float, Field(gt=0, le=1, description="text height / image height")] = 0.08
                       ) -> Image:
     """Stamp a visible text label (white with a dark outline) on every image."""
+    import numpy as np
+    import torch
     from PIL import Image as PILImage, ImageDraw, ImageFont
 
     h, w = image.height, image.width
