@@ -158,6 +158,10 @@ def save_image(ctx: Context, images: Image,
         info.add_text("loom", json.dumps(ctx.graph.to_dict()))
         info.add_text("loom_params", json.dumps(ctx.params, default=str))
         info.add_text("parameters", _a1111_parameters(ctx, images))
+        comfy = (ctx.graph.meta or {}).get("comfy") or {}
+        for key in ("prompt", "workflow"):   # what ComfyUI reads back to reopen the image's graph
+            if key in comfy:
+                info.add_text(key, json.dumps(comfy[key]))
     files = []
     for i in range(images.batch):
         ctx.check_cancelled()

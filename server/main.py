@@ -16,7 +16,9 @@ from typing import Any, Iterable
 from engine import Executor, Registry, Settings
 from engine.errors import LoomError
 
+from . import comfy
 from .app import create_app
+from .comfy.shell import ComfyShell
 from .config import GraphLimits, ServerConfig
 from .dispatch import LocalDispatcher, make_event
 from .events import EventHub
@@ -62,6 +64,7 @@ def build(config: ServerConfig, settings: Settings, registry: Registry) -> Serve
     service = RunService(config, executor, store, dispatcher, hub)
     server = Server(config, settings, executor, store, hub, dispatcher, service, app=None)
     server.app = create_app(config, service, hub, on_start=server.start, on_stop=server.stop)
+    comfy.mount(server.app.fastapi, ComfyShell(service, config.data_dir), config)
     return server
 
 

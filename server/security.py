@@ -12,7 +12,8 @@ in this order:
    is `Sec-Fetch-Site: cross-site` without an Origin. No CORS headers are ever sent.
 3. Token: with a token configured, every path but /healthz needs
    `Authorization: Bearer <token>` (compared in constant time). Websocket clients that
-   cannot set headers (browsers) may offer the subprotocol `loom.bearer.<token>`.
+   cannot set headers (browsers) may offer the subprotocol `loom.bearer.<token>`; the
+   editor's pages and websocket carry the `loom_token` cookie that `/login` sets.
 4. Body size: Content-Length and the bytes actually received are capped (413).
 
 Every response also gets headers that stop a browser from sniffing, framing or
@@ -20,8 +21,10 @@ running what it receives (`X-Content-Type-Options: nosniff`, a deny-all CSP).
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
+from http.cookies import CookieError, SimpleCookie
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -31,10 +34,12 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
-PUBLIC_PATHS = frozenset({"/healthz"})
-UPLOAD_PATHS = frozenset({"/v1/uploads"})
+PUBLIC_PATHS = frozenset({"/healthz", "/login"})   # /login checks the token it is given
+UPLOAD_PATHS = frozenset({"/v1/uploads", "/upload/image", "/upload/mask", "/api/upload/image",
+                          "/api/upload/mask"})
 MULTIPART_SLACK = 64 * 1024
 WS_BEARER_PREFIX = "loom.bearer."
+TOKEN_COOKIE = "loom_token"
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -120,6 +125,11 @@ class Guard:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value:
             return value.strip()
+        cookie = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            cookie.load(headers.get("cookie", ""))
+        if TOKEN_COOKIE in cookie:   # set by /login for the editor (HttpOnly, SameSite=Strict)
+            return cookie[TOKEN_COOKIE].value
         if scope["type"] == "websocket":
             for proto in headers.get("sec-websocket-protocol", "").split(","):
                 proto = proto.strip()
