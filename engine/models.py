@@ -17,7 +17,7 @@ from .errors import LoomError
 from .files import atomic_write
 from .paths import UnsafePath, contained
 
-MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+MODEL_SUFFIXES = (".safetensors", ".sft", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
 
 
 class ModelNotFound(LoomError):
@@ -56,10 +56,16 @@ class ModelPaths:
         names: set[str] = set()
         for folder in self.folders(kind):
             if folder.is_dir():
-                for entry in folder.iterdir():
-                    if entry.is_dir() or entry.suffix in MODEL_SUFFIXES:
-                        names.add(entry.name)
+                names.update(self.list_folder(folder))
         return sorted(names)
+
+    @staticmethod
+    def list_folder(folder: Path) -> list[str]:
+        """Model files and diffusers folders in one kind folder; hidden names (records,
+        downloads in progress) are not models."""
+        return sorted(entry.name for entry in folder.iterdir()
+                      if not entry.name.startswith(".")
+                      and (entry.is_dir() or entry.suffix in MODEL_SUFFIXES))
 
     def kinds(self) -> list[str]:
         found = set(self.extra)
