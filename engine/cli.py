@@ -191,7 +191,7 @@ def cmd_serve(args) -> int:
     args.input_dir = args.input_dir or str(data_dir / "inputs")
     serve(host=args.host, port=args.port, data_dir=data_dir,
           models_dirs=[Path(d) for d in (args.models_dir or ["models"])], token=args.token,
-          settings=_settings(args))
+          settings=_settings(args), keep_runs=args.keep_runs, keep_days=args.keep_days)
     return EXIT_OK
 
 
@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default="loom-data")
     serve.add_argument("--token", default=os.environ.get("LOOM_TOKEN"),
                        help="access token (required to bind anything but loopback)")
+    serve.add_argument("--keep-runs", type=int, metavar="N",
+                       help="keep only the newest N finished runs and their output files (default: all)")
+    serve.add_argument("--keep-days", type=float, metavar="D",
+                       help="delete finished runs and their output files after D days (default: never)")
     _add_run_options(serve, out=None, inputs=None)
     serve.set_defaults(func=cmd_serve)
     return parser

@@ -1,4 +1,4 @@
-"""What a running node may use: progress, cancellation, models, settings, outputs, a logger.
+"""What a running node may use: progress, cancellation, limits, models, settings, outputs, a logger.
 
 Passed as the first argument (`ctx`) to nodes that ask for it. Nodes never print and
 never reach for globals; everything they need from the run is here.
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import Cancelled
 from .events import NODE_PROGRESS, Event
+from .limits import RunBudget
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class Context:
     cancel_token: CancelToken
     publish: Callable[[Event], None] = field(repr=False)
     log: logging.LoggerAdapter = field(repr=False, default=None)
+    budget: RunBudget = field(repr=False, default_factory=RunBudget)   # the run's limits
 
     def __post_init__(self):
         if self.log is None:
@@ -55,16 +57,19 @@ class Context:
     def output_dir(self) -> Path:
         return Path(self.settings.output_dir)
 
-    @property
-    def cancelled(self) -> bool:
-        return self.cancel_token.cancelled
-
     def check_cancelled(self) -> None:
         if self.cancel_token.cancelled:
             raise Cancelled(f"cancelled in node '{self.node_id}'")
 
     def progress(self, step: int, total: int, **data: Any) -> None:
-        """Report step `step` of `total` (e.g. a sampler step) and stop here if cancelled."""
+        """Report step `step` of `total` (e.g. a sampler step); stop here if cancelled or
+        out of time."""
         self.publish(Event(NODE_PROGRESS, self.run_id, self.node_id, self.node_type,
                            {"step": step, "total": total, **data}))
         self.check_cancelled()
+        self.budget.check_time()
+
+    def limit(self, kind: str, amount: float, input: str | None = None) -> None:
+        """Check an amount only known while running (an upscaled size, a padded canvas)
+        against the run's limit `kind`, before spending it; raises LimitExceeded."""
+        self.budget.check(kind, amount, input)

@@ -24,6 +24,7 @@ from .events import (NODE_CACHED, NODE_FAILED, NODE_FINISHED, NODE_STARTED, RUN_
                      RUN_FAILED, RUN_FINISHED, RUN_STARTED, Event, EventBus, Listener)
 from .explain import CACHED, NOT_NEEDED, RAN, WILL_RUN, RunHistory, why_cached, why_not_cached
 from .graph import Graph, Link
+from .limits import Limits, RunBudget
 from .models import ModelManager, ModelPaths
 from .plan import Plan, make_plan, variant
 from .registry import Registry
@@ -98,7 +99,8 @@ class Executor:
 
     def __init__(self, registry: Registry | None = None, settings: Settings | None = None,
                  cache: Cache | None = None, models: ModelManager | None = None,
-                 events: EventBus | None = None, history: RunHistory | None = None):
+                 events: EventBus | None = None, history: RunHistory | None = None,
+                 limits: Limits | None = None):
         self.registry = registry if registry is not None else Registry.default()
         self.settings = settings if settings is not None else Settings()
         self.cache = cache if cache is not None else Cache()
@@ -106,6 +108,7 @@ class Executor:
             ModelPaths(self.settings.models_dirs, self.settings.extra_model_paths))
         self.events = events if events is not None else EventBus()
         self.history = history if history is not None else RunHistory()
+        self.limits = limits if limits is not None else Limits()   # per node and per run
         self._run_lock = threading.Lock()
         self._plans_lock = threading.Lock()
         self._last_plans: OrderedDict[str, Plan] = OrderedDict()   # graph name -> its last plan
@@ -239,6 +242,7 @@ class _Run:
         self.records: list[NodeRecord] = []
         self.pinned: list[str] = []
         self.params = graph.param_values()
+        self.budget = RunBudget(executor.limits)
         self.variant_reads: list[list] = []     # variants the running node evaluated (see VARIANTS)
         self.stale: set[str] = set()            # cached, but a variant it read has changed
 
@@ -314,7 +318,8 @@ class _Run:
         try:
             kwargs = self.inputs_for(plan, node_id)
             ctx = Context(node_id, spec.type, self.run_id, self.ex.settings, self.ex.models,
-                          self.graph, self.params, self.cancel, self.ex.events.publish)
+                          self.graph, self.params, self.cancel, self.ex.events.publish,
+                          budget=self.budget)
             outputs = spec.call(ctx, kwargs)
         except (Cancelled, NodeError):
             raise

@@ -21,7 +21,8 @@ from typing import Any, Callable, get_type_hints
 from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
-from .types import accepts_literal, strip_annotated, type_name, unwrap_lazy
+from .limits import declared_limits
+from .types import accepts_literal, names_written_files, strip_annotated, type_name, unwrap_lazy
 
 NODE_ATTRIBUTE = "__loom_node__"
 
@@ -35,6 +36,7 @@ class InputSpec:
     lazy: bool
     literal: bool            # may be written as a JSON literal in a graph
     description: str | None
+    limits: tuple[str, ...] = ()   # kinds this input counts against (`engine.limits.Limit`)
     _adapter: TypeAdapter | None = field(default=None, repr=False)
 
     @property
@@ -74,6 +76,8 @@ class InputSpec:
                 pass
         if self.description:
             schema["description"] = self.description
+        if self.limits:
+            schema["x-loom-limit"] = list(self.limits)
         return schema
 
 
@@ -105,6 +109,11 @@ class NodeSpec:
     fingerprint_wants_settings: bool = False
     migrations: dict[int, Callable[[dict], dict]] = field(default_factory=dict)
 
+    @property
+    def file_outputs(self) -> list[str]:
+        """Outputs naming files this node wrote to the output folder (`OutputFiles`)."""
+        return [name for name, tp in self.outputs.items() if names_written_files(tp)]
+
     def migration(self, from_version: int):
         """Register a function that rewrites inputs of `from_version` to the next version."""
         def register(fn: Callable[[dict], dict]):
@@ -122,14 +131,27 @@ class NodeSpec:
             version += 1
         return inputs
 
+    @property
+    def input_limits(self) -> dict[str, tuple[str, ...]]:
+        """{input: limit kinds} for inputs that declare a `Limit`."""
+        return {name: spec.limits for name, spec in self.inputs.items() if spec.limits}
+
     def call(self, ctx: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Run the node on checked inputs, within the run's limits (`ctx.budget`)."""
+        budget = getattr(ctx, "budget", None)
+        if budget is not None:
+            budget.before_node(self.input_limits, kwargs)
         result = self.fn(ctx, **kwargs) if self.wants_ctx else self.fn(**kwargs)
         if self.single_output:
-            return {next(iter(self.outputs)): result}
-        if not isinstance(result, tuple) or len(result) != len(self.outputs):
+            outputs = {next(iter(self.outputs)): result}
+        elif not isinstance(result, tuple) or len(result) != len(self.outputs):
             raise TypeError(f"returned {type(result).__name__}, expected a tuple of "
                             f"{len(self.outputs)} outputs ({', '.join(self.outputs)})")
-        return dict(zip(self.outputs, result))
+        else:
+            outputs = dict(zip(self.outputs, result))
+        if budget is not None:
+            budget.after_node(outputs)
+        return outputs
 
     def json_schema(self) -> dict:
         props = {name: spec.json_schema() for name, spec in self.inputs.items()}
@@ -187,10 +209,11 @@ def _build_spec(fn: Callable, type_id: str, *, category: str, version: int, outp
         inputs[p.name] = InputSpec(
             name=p.name, annotation=annotation, required=required,
             default=None if required else p.default, lazy=lazy,
-            literal=accepts_literal(annotation) and not lazy, description=_description(annotation))
+            literal=accepts_literal(annotation) and not lazy, description=_description(annotation),
+            limits=declared_limits(annotation))
     ret = hints.get("return", typing.Any)
     if _is_named_tuple(ret):
-        outputs = dict(get_type_hints(ret))
+        outputs = dict(get_type_hints(ret, include_extras=True))
         single = False
     else:
         outputs = {output or _default_output_name(ret): ret}

@@ -51,6 +51,27 @@ def model_name(kind: str, **constraints: Any) -> Any:
     return Annotated[str, Field(min_length=1, json_schema_extra={"x-loom-model": kind}, **constraints)]
 
 
+class _WrittenFiles:
+    """Marks a node output as naming files the node wrote to the run's output folder."""
+
+    def __repr__(self) -> str:
+        return "WrittenFiles"
+
+
+_WRITTEN_FILES = _WrittenFiles()
+
+# Return types of outputs that list files the node wrote (paths in the output folder).
+# Only such outputs make a file downloadable from the server, never a string that merely
+# happens to name a file.
+OutputFiles = Annotated[list[str], _WRITTEN_FILES]
+OutputFile = Annotated[str, _WRITTEN_FILES]
+
+
+def names_written_files(tp: Any) -> bool:
+    """True for an output declared as `OutputFiles` / `OutputFile`."""
+    return get_origin(tp) is Annotated and any(m is _WRITTEN_FILES for m in tp.__metadata__)
+
+
 def strip_annotated(tp: Any) -> Any:
     while get_origin(tp) is Annotated:
         tp = get_args(tp)[0]

@@ -20,6 +20,7 @@ from typing import Annotated, Literal, NamedTuple
 from pydantic import Field
 
 from engine import Lazy, NodeInputError, node
+from engine.limits import Limit
 
 from .flow import Target
 from .types import Image
@@ -82,7 +83,8 @@ class BatchOutputs(NamedTuple):
 
 @node("batch_over", category="compose", version=1)
 def batch_over(image: Lazy[Image], vary: Target,
-               values: Annotated[list[int | float | str], Field(min_length=1, max_length=256)]) -> BatchOutputs:
+               values: Annotated[list[int | float | str], Field(min_length=1, max_length=256),
+                                 Limit("repeats")]) -> BatchOutputs:
     """Evaluate the image sub-graph once per value, with `vary` (e.g. the sampler's seed or a
     text input) set to that value, and stack the results into one batch. Each item is cached
     on its own key; `labels` are the values as text (captions for a grid)."""

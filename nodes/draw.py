@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from engine.errors import NodeInputError
+from engine.limits import Limit
 from engine.node import node
 
 from .types import Image, Mask
@@ -32,6 +33,8 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 Colour = Literal["red", "green", "blue", "yellow", "white", "black"]
 ShapeName = Literal["circle", "square", "triangle"]
 Side = Annotated[int, Field(ge=8, le=4096, multiple_of=8, description="pixels, a multiple of 8")]
+Width = Annotated[Side, Limit("width"), Limit("pixels")]
+Height = Annotated[Side, Limit("height"), Limit("pixels")]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 SUPERSAMPLE = 4
 
@@ -47,7 +50,7 @@ def draw_shape(shape: ShapeName = "circle", colour: Colour = "red", background: 
                size: Annotated[int, Field(ge=1, le=4096, description="side of the shape's box, pixels")] = 32,
                center_x: Annotated[Fraction, Field(description="0 = left edge, 1 = right edge")] = 0.5,
                center_y: Annotated[Fraction, Field(description="0 = top edge, 1 = bottom edge")] = 0.5,
-               width: Side = 64, height: Side = 64) -> Image:
+               width: Width = 64, height: Height = 64) -> Image:
     """An image of one circle, square or (upright) triangle on a plain background, in the
     default model's colours: the prompt "a {colour} {shape} on a {background} background"
     describes it. The shape's box is `size` pixels, centred at (center_x, center_y) given as
@@ -76,7 +79,7 @@ def draw_mask(shape: Literal["rectangle", "ellipse"] = "rectangle",
               left: Annotated[float, Field(ge=0)] = 0.25, top: Annotated[float, Field(ge=0)] = 0.25,
               right: Annotated[float, Field(ge=0)] = 0.75, bottom: Annotated[float, Field(ge=0)] = 0.75,
               units: Literal["fraction", "pixels"] = "fraction",
-              width: Side = 64, height: Side = 64,
+              width: Width = 64, height: Height = 64,
               image: Image | None = None,
               feather: Annotated[int, Field(ge=0, le=512, description="soft edge, pixels")] = 0,
               invert: bool = False) -> Mask:

@@ -6,6 +6,7 @@ from typing import Annotated, Any, NamedTuple
 from pydantic import BaseModel, Field
 
 from engine import Lazy, NodeInputError, node
+from engine.limits import Limit
 
 
 @node("switch", category="flow")
@@ -34,7 +35,7 @@ def _passed(check: Any) -> bool:
 @node("retry", category="flow")
 def retry(value: Lazy[Any], check: Lazy[Any], vary: Target,
           start: Annotated[int, Field(ge=0, description="first value given to `vary`")] = 0,
-          max_tries: Annotated[int, Field(ge=1, le=100)] = 3,
+          max_tries: Annotated[int, Field(ge=1, le=100), Limit("repeats")] = 3,
           require_pass: bool = False) -> RetryOutputs:
     """Rerun a sub-graph with `vary` set to start, start+1, ... until `check` passes.
 

@@ -22,7 +22,7 @@ from engine.models import file_digest
 from engine.node import node
 from engine.paths import UnsafePath, contained
 from engine.settings import Settings
-from engine.types import file_input
+from engine.types import OutputFiles, file_input
 
 from ._common import input_file, output_folder_fingerprint
 from .types import Image, Mask
@@ -143,7 +143,7 @@ def write_png_unique(folder: Path, stem: str, pil, pnginfo) -> Path:
       fingerprint=output_folder_fingerprint)
 def save_image(ctx: Context, images: Image,
                prefix: file_input("output", max_length=200) = "loom",
-               embed_graph: bool = True) -> list[str]:
+               embed_graph: bool = True) -> OutputFiles:
     """Save images as PNG in the output folder (prefix may name a subfolder), with the graph and
     its params embedded so `loom run IMAGE.png` reproduces it. Returns the file paths."""
     from PIL.PngImagePlugin import PngInfo
@@ -178,13 +178,14 @@ Pad = Annotated[int, Field(ge=0, le=4096, multiple_of=8)]
 
 
 @node("pad_for_outpaint", category="image", version=1)
-def pad_for_outpaint(image: Image, left: Pad = 0, top: Pad = 0, right: Pad = 0, bottom: Pad = 0,
+def pad_for_outpaint(ctx: Context, image: Image, left: Pad = 0, top: Pad = 0, right: Pad = 0, bottom: Pad = 0,
                      feathering: Annotated[int, Field(ge=0, le=512)] = 8) -> ImageAndMask:
     """Extend the canvas (grey fill) and return the mask of the new area (1 = paint), softened
     `feathering` pixels into the original image so the seam blends."""
     import torch
     b, h, w, c = image.pixels.shape
     H, W = h + top + bottom, w + left + right
+    ctx.limit("pixels", H * W, "left")
     pixels = torch.full((b, H, W, c), 0.5)
     pixels[:, top:top + h, left:left + w] = image.pixels
     mask = torch.ones((b, H, W))

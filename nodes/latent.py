@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from engine.errors import NodeInputError
+from engine.limits import Limit
 from engine.node import node
 
 from .types import Latent, Mask, Vae
@@ -21,8 +22,9 @@ Size = Annotated[int, Field(ge=8, le=8192, multiple_of=8, description="pixels, a
 
 
 @node("empty_latent", category="latent", version=1)
-def empty_latent(vae: Vae, width: Size = 512, height: Size = 512,
-                 batch: Annotated[int, Field(ge=1, le=64)] = 1) -> Latent:
+def empty_latent(vae: Vae, width: Annotated[Size, Limit("width"), Limit("pixels")] = 512,
+                 height: Annotated[Size, Limit("height"), Limit("pixels")] = 512,
+                 batch: Annotated[int, Field(ge=1, le=64), Limit("batch")] = 1) -> Latent:
     """A batch of zero latents for a width x height image; the latent size and channel count
     come from the VAE (its own down-sampling factor, not a fixed 8)."""
     import torch
@@ -76,7 +78,7 @@ def set_latent_noise_mask(latent: Latent, mask: Mask) -> Latent:
 
 
 @node("upscale_latent", category="latent", version=1)
-def upscale_latent(latent: Latent, scale: Annotated[float, Field(gt=0, le=8)] = 1.5,
+def upscale_latent(latent: Latent, scale: Annotated[float, Field(gt=0, le=8), Limit("scale")] = 1.5,
                    mode: Literal["nearest-exact", "bilinear", "bicubic", "area"] = "nearest-exact") -> Latent:
     """Resize latents (for a hires-fix pass: upscale, then sample again with denoise < 1)."""
     import torch.nn.functional as F

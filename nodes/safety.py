@@ -26,7 +26,7 @@ from engine.models import file_digest
 from engine.node import node
 from engine.paths import UnsafePath, contained
 from engine.settings import Settings
-from engine.types import file_input
+from engine.types import OutputFiles, file_input
 
 from ._common import input_file, output_folder_fingerprint
 from .types import Image
@@ -132,7 +132,7 @@ def generation_log(ctx: Context, images: Image, prompt: str = "", seed: int = -1
 def save_image_provenance(ctx: Context, images: Image,
                           prefix: file_input("output", max_length=200) = "loom",
                           watermark: str = "", model: str = "", prompt: str = "",
-                          embed_graph: bool = True) -> list[str]:
+                          embed_graph: bool = True) -> OutputFiles:
     """Save PNGs like save_image (graph embedded) plus provenance text fields: `ai_generated`,
     `DigitalSourceType` (IPTC trainedAlgorithmicMedia), `Software`, and `loom_provenance`
     (JSON: generator, model, prompt, watermark payload, pixel SHA-256, time)."""

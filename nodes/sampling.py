@@ -23,6 +23,7 @@ from pydantic import Field
 
 from engine.context import Context
 from engine.errors import NodeInputError
+from engine.limits import Limit
 from engine.node import node
 
 from ._common import no_grad, on_device, option, seeded_noise
@@ -326,7 +327,7 @@ def run_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning, lat
 def sample(ctx: Context, model: DiffusionModel, positive: Conditioning, latent: Latent,
            negative: Conditioning | None = None,
            seed: Annotated[int, Field(ge=0, lt=2**64)] = 0,
-           steps: Annotated[int, Field(ge=1, le=1000)] = 20,
+           steps: Annotated[int, Field(ge=1, le=1000), Limit("steps")] = 20,
            cfg: Annotated[float, Field(ge=0, le=100)] = 7.0,
            scheduler: SchedulerName = "dpmpp_2m",
            karras: bool = False,

@@ -81,6 +81,11 @@ class Image(_PortType):
     def width(self) -> int:
         return self.pixels.shape[2]
 
+    def limit_amounts(self) -> dict[str, int]:
+        """What this batch counts against a run's limits (`engine.limits`)."""
+        return {"width": self.width, "height": self.height, "pixels": self.width * self.height,
+                "batch": self.batch}
+
     def to_nchw(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
         """[B, 3, H, W] in -1..1 (float32 unless `dtype` says otherwise), as a VAE or a ControlNet wants it."""
         return (self.pixels.to(device=device, dtype=dtype or float32()).permute(0, 3, 1, 2) * 2.0 - 1.0).contiguous()
@@ -120,6 +125,10 @@ class Latent(_PortType):
     @property
     def batch(self) -> int:
         return self.samples.shape[0]
+
+    def limit_amounts(self) -> dict[str, int]:
+        """What this batch counts against a run's limits (`engine.limits`)."""
+        return {"batch": self.batch}
 
     def offsets(self) -> list[int]:
         return list(self.batch_index) if self.batch_index is not None else list(range(self.batch))

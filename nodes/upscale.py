@@ -15,6 +15,7 @@ from pydantic import Field
 
 from engine.context import Context
 from engine.errors import NodeInputError
+from engine.limits import Limit
 from engine.models import file_digest
 from engine.node import node
 
@@ -125,7 +126,10 @@ def upscale_pixels(ctx: Context, model: UpscaleModel, pixels: torch.Tensor, tile
     def fn(t):
         return d(t.to(device=d.device, dtype=d.dtype)).float().clamp(0, 1)
 
+    _, h, w, _ = pixels.shape
+    ctx.limit("pixels", h * model.scale * w * model.scale, "image")
     while True:
+        ctx.limit("tiles", len(_starts(h, tile, overlap)) * len(_starts(w, tile, overlap)), "tile")
         try:
             with on_device(ctx, d.model):
                 y = run_tiled(fn, x, model.scale, tile, min(overlap, tile // 4), ctx.progress)
@@ -173,7 +177,7 @@ def resample(pixels: torch.Tensor, width: int, height: int, method: str) -> torc
 
 
 @node("resize_image", category="upscale", version=1)
-def resize_image(image: Image, scale: Annotated[float, Field(ge=0, le=16)] = 2.0,
+def resize_image(ctx: Context, image: Image, scale: Annotated[float, Field(ge=0, le=16)] = 2.0,
                  width: Annotated[int, Field(ge=0, le=16384)] = 0,
                  height: Annotated[int, Field(ge=0, le=16384)] = 0,
                  method: Resample = "lanczos") -> Image:
@@ -186,6 +190,7 @@ def resize_image(image: Image, scale: Annotated[float, Field(ge=0, le=16)] = 2.0
         width = round(image.width * height / image.height)
     elif height == 0:
         height = round(image.height * width / image.width)
+    ctx.limit("pixels", width * height, "scale")
     return Image(resample(image.pixels, max(1, width), max(1, height), method))
 
 
@@ -198,6 +203,7 @@ def progressive_upscale(ctx: Context, image: Image,
                         max_passes: Annotated[int, Field(ge=1, le=8)] = 4) -> Image:
     """Upscale to width x height: apply the model (or 2x resampling without one) until the image
     covers the target, then resample to the exact size."""
+    ctx.limit("pixels", width * height, "width")
     pixels, passes = image.pixels, 0
     while (pixels.shape[2] < width or pixels.shape[1] < height) and passes < max_passes:
         if model is not None:
@@ -237,7 +243,7 @@ def _load_sd_upscaler(ctx: Context, name: str):
 @node("sd_upscale", category="upscale", version=1, fingerprint=_sd_upscaler_fingerprint)
 def sd_upscale(ctx: Context, image: Image, name: model_name("upscale_models"), prompt: str = "", negative: str = "",
                noise_level: Annotated[int, Field(ge=0, le=350)] = 20,
-               steps: Annotated[int, Field(ge=1, le=500)] = 20,
+               steps: Annotated[int, Field(ge=1, le=500), Limit("steps")] = 20,
                cfg: Annotated[float, Field(ge=0, le=50)] = 7.5,
                seed: Annotated[int, Field(ge=0, lt=2**63)] = 0) -> Image:
     """The Stable Diffusion x4 upscaler (a diffusers StableDiffusionUpscalePipeline folder in

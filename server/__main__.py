@@ -45,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-repeats", type=int, default=limits.max_repeats,
                    help="most tries of a retry / values of a batch_over")
     p.add_argument("--max-scale", type=float, default=limits.max_scale, help="largest upscale factor")
+    p.add_argument("--max-tiles", type=int, default=limits.max_tiles, help="tiles of one tiled upscale")
+    p.add_argument("--max-run-steps", type=int, default=limits.max_run_steps,
+                   help="sampler steps of a whole run, retries included (default %(default)s)")
+    p.add_argument("--max-run-repeats", type=int, default=limits.max_run_repeats,
+                   help="retry tries and batch items of a whole run (default %(default)s)")
+    p.add_argument("--max-run-seconds", type=float, default=limits.max_run_seconds,
+                   help="wall-clock budget of one run (default %(default)s)")
+    p.add_argument("--keep-runs", type=int, default=None, metavar="N",
+                   help="keep only the newest N finished runs and their output files (default: all)")
+    p.add_argument("--keep-days", type=float, default=None, metavar="D",
+                   help="delete finished runs and their output files after D days (default: never)")
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20)
     p.add_argument("--max-attempts", type=int, default=d.max_attempts,
                    help="tries per run across crashes (default %(default)s)")
@@ -67,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     limits = GraphLimits(max_nodes=args.max_nodes, max_width=args.max_width,
                          max_height=args.max_height, max_pixels=args.max_width * args.max_height,
                          max_steps=args.max_steps, max_batch=args.max_batch,
-                         max_repeats=args.max_repeats, max_scale=args.max_scale)
+                         max_repeats=args.max_repeats, max_scale=args.max_scale,
+                         max_tiles=args.max_tiles, max_run_steps=args.max_run_steps,
+                         max_run_repeats=args.max_run_repeats, max_run_seconds=args.max_run_seconds)
     try:
         serve(args.host, args.port, data_dir, [Path(m) for m in args.models_dir or ["models"]],
               args.token, settings, node_modules=args.nodes,
@@ -75,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
               allowed_hosts=tuple(args.allow_host), allowed_origins=tuple(args.allow_origin),
               limits=limits, max_upload_bytes=int(args.max_upload_mb * 2**20),
               max_attempts=args.max_attempts, event_queue_size=args.event_queue_size,
-              event_send_timeout=args.event_send_timeout)
+              event_send_timeout=args.event_send_timeout, keep_runs=args.keep_runs,
+              keep_days=args.keep_days)
     except LoomError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

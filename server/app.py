@@ -32,6 +32,7 @@ from engine import GraphError
 from engine.paths import UnsafePath
 
 from .config import ServerConfig
+from .errors import new_error_id
 from .events import EventHub
 from .files import UploadRejected, output_content_type
 from .schemas import (ErrorView, Health, ModelList, NodeCatalogue, Problems, RunList, RunSummary,
@@ -71,6 +72,13 @@ def create_app(config: ServerConfig, service: RunService, hub: EventHub,
     app = FastAPI(title="Loom", version=API_VERSION, lifespan=lifespan,
                   docs_url=None, redoc_url=None,
                   description="Run Loom node graphs over HTTP: a durable queue, events, outputs.")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        error_id = new_error_id()
+        log.error("%s: %s %s failed", error_id, request.method, request.url.path, exc_info=exc)
+        return error(500, "internal", f"the server failed on this request (error {error_id}; "
+                                      f"the server log has the details)", id=error_id)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):

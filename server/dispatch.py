@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Protocol
 from urllib.parse import quote
 
-from engine import CancelToken, Executor, Graph, GraphError
-from engine.events import RUN_CANCELLED, RUN_FAILED, RUN_FINISHED, Event
+from engine import CancelToken, Executor, Graph, GraphError, Registry
+from engine.events import NODE_FAILED, RUN_CANCELLED, RUN_FAILED, RUN_FINISHED, Event
 
+from .errors import new_error_id, public_error
 from .files import describe_outputs
 from .store import CANCELLED, FAILED, SUCCEEDED, RunRecord, RunStore
 
@@ -67,6 +67,7 @@ class LocalDispatcher:
         self._lock = threading.Lock()
         self._current: tuple[str, CancelToken] | None = None
         self._held: dict[str, dict] = {}   # terminal events, sent once the store agrees
+        self._error_ids: dict[str, str] = {}  # one id per failed run: its events, record and log
         self._thread: threading.Thread | None = None
         self._unsubscribe = executor.events.subscribe(self._on_engine_event)
 
@@ -97,10 +98,6 @@ class LocalDispatcher:
         return False
 
     @property
-    def busy(self) -> bool:
-        return self._current is not None
-
-    @property
     def healthy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -120,11 +117,14 @@ class LocalDispatcher:
             try:
                 self._execute(run)
             except Exception:  # noqa: BLE001 - record it if we can; the worker must live on
-                log.exception("run %s could not be recorded", run.id)
+                error_id = self._error_id(run.id)
+                log.exception("%s: run %s could not be recorded", error_id, run.id)
                 self._held.pop(run.id, None)
+                self._error_ids.pop(run.id, None)
                 try:
-                    self.store.finish(run.id, FAILED, {}, {"error": "internal", "message":
-                                                           "the server could not record this run"})
+                    self.store.finish(run.id, FAILED, {}, {
+                        "error": "internal", "id": error_id,
+                        "message": f"the server could not record this run (error {error_id})"})
                     self.finished(run.id)
                 except Exception:  # noqa: BLE001 - the store itself is failing; recover() will see it
                     log.exception("the run store is failing")
@@ -143,6 +143,7 @@ class LocalDispatcher:
         finally:
             with self._lock:
                 self._current = None
+            self._error_ids.pop(run.id, None)
         if self._stopping.is_set() and status == CANCELLED and not self._cancel_requested(run.id):
             self.store.requeue(run.id, "re-queued: the server shut down while it ran",
                                refund_attempt=True)
@@ -163,20 +164,18 @@ class LocalDispatcher:
         except GraphError as exc:   # valid when queued, but the node set changed since
             self._hold_failure(run.id, exc.to_dict())
             return FAILED, {}, exc.to_dict()
-        except Exception as exc:  # noqa: BLE001 - recorded on the run, never kills the worker
-            log.exception("run %s crashed the executor", run.id)
-            error = {"error": "internal", "message": f"{type(exc).__name__}: {exc}",
-                     "traceback": traceback.format_exc()}
+        except Exception:  # noqa: BLE001 - recorded on the run, never kills the worker
+            error = self._internal_error(run.id, "crashed the executor")
             self._hold_failure(run.id, error)
             return FAILED, {}, error
         try:
             outputs, files = describe_outputs(outcome.outputs or {}, self.output_dir,
-                                              lambda name: output_url(run.id, name))
-        except Exception as exc:  # noqa: BLE001 - an output we cannot describe fails the run, not the worker
-            log.exception("run %s: cannot describe outputs", run.id)
+                                              lambda name: output_url(run.id, name),
+                                              file_outputs=file_outputs_of(graph, self.executor.registry))
+        except Exception:  # noqa: BLE001 - an output we cannot describe fails the run, not the worker
             outputs, files = {}, []
+            error = self._internal_error(run.id, "cannot describe its outputs")
             if outcome.status == "succeeded":
-                error = {"error": "internal", "message": f"cannot describe outputs: {exc}"}
                 self._hold_failure(run.id, error)
                 return FAILED, {"ran": list(outcome.ran), "cached": list(outcome.cached),
                                 "timings": dict(outcome.timings)}, error
@@ -191,7 +190,18 @@ class LocalDispatcher:
             return CANCELLED, result, {"error": "cancelled", "message": message}
         error = (outcome.error.to_dict() if outcome.error is not None
                  else {"error": "failed", "message": "the run failed"})
-        return FAILED, result, error
+        return FAILED, result, public_error(error, self._error_id(run.id))
+
+    def _error_id(self, run_id: str) -> str:
+        return self._error_ids.setdefault(run_id, new_error_id())
+
+    def _internal_error(self, run_id: str, what: str) -> dict:
+        """Log the exception being handled under a new error id; the client's view of it."""
+        error_id = self._error_id(run_id)
+        log.exception("%s: run %s %s", error_id, run_id, what)
+        return {"error": "internal", "id": error_id,
+                "message": f"the server failed while running this run (error {error_id}; "
+                           f"the server log has the details)"}
 
     def _hold_failure(self, run_id: str, error: dict) -> None:
         self._held[run_id] = Event(RUN_FAILED, run_id, data={"error": error}).to_dict()
@@ -202,11 +212,28 @@ class LocalDispatcher:
 
     def _on_engine_event(self, event: Event) -> None:
         data = event.to_dict()
+        if event.kind == NODE_FAILED:
+            error_id = self._error_id(event.run_id)
+            log.error("%s: run %s, node %s (%s) failed: %s\n%s", error_id, event.run_id,
+                      event.node, event.node_type, event.data.get("message", ""),
+                      event.data.get("traceback", ""))
+        if event.kind in (NODE_FAILED, RUN_FAILED):
+            data["data"] = public_error(data.get("data", {}), self._error_id(event.run_id))
         if event.kind in TERMINAL_EVENTS:
             # Sent after the store records the end, so a client reacting to it reads the final state.
             self._held[event.run_id] = data
             return
         self.publish(data)
+
+
+def file_outputs_of(graph: Graph, registry: Registry) -> dict[str, list[str]]:
+    """{node id: its outputs declared as files it wrote}: what a run may offer for download."""
+    found = {}
+    for node_id, entry in graph.nodes.items():
+        spec = registry.get(entry.type)
+        if spec is not None and spec.file_outputs:
+            found[node_id] = spec.file_outputs
+    return found
 
 
 def make_event(kind: str, run_id: str, **data: Any) -> dict:

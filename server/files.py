@@ -6,8 +6,9 @@ any decoding (decompression bombs), the first frame is decoded and re-encoded as
 which drops metadata and anything smuggled after the image data. The stored name is
 the content hash, so names never collide and the same image uploaded twice is one file.
 
-Outputs: a run's output values become JSON for its record. Values that are files under
-the output folder become `{"file": <name>, "url": ...}` and may be downloaded; other
+Outputs: a run's output values become JSON for its record. Values of outputs its nodes
+declare as files they wrote (`engine.types.OutputFiles`), when they are files under the
+output folder, become `{"file": <name>, "url": ...}` and may be downloaded; other
 JSON values are kept inline up to a size; anything else (tensors, models) is described
 by its type and shape.
 """
@@ -17,10 +18,9 @@ import hashlib
 import io
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from engine.files import atomic_write
 from engine.paths import UnsafePath, contained
@@ -52,23 +52,24 @@ def store_uploaded_image(data: bytes, input_dir: Path, *, max_pixels: int) -> St
     """Check and re-encode an uploaded image; store it under `input_dir`."""
     from PIL import Image
 
+    # Image.open reads only the header, so the pixel count is checked before any decoding.
+    # No warnings filter is changed here: filters are process-wide, and uploads are stored
+    # from a thread pool.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = img.format
-            if fmt not in UPLOAD_FORMATS:
-                raise UploadRejected(f"only PNG, JPEG and WebP images are accepted (got "
-                                     f"{fmt or 'an unknown format'})")
-            width, height = img.size
-            if width * height > max_pixels:
-                raise UploadRejected(f"image is {width}x{height} = {width * height} pixels; "
-                                     f"the limit is {max_pixels}")
-            img.seek(0)
-            img.load()
+        img = Image.open(io.BytesIO(data))
+        fmt = img.format
+        if fmt not in UPLOAD_FORMATS:
+            raise UploadRejected(f"only PNG, JPEG and WebP images are accepted (got "
+                                 f"{fmt or 'an unknown format'})")
+        width, height = img.size
+        if width * height > max_pixels:
+            raise UploadRejected(f"image is {width}x{height} = {width * height} pixels; "
+                                 f"the limit is {max_pixels}")
+        img.seek(0)
+        img.load()
     except UploadRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise UploadRejected(f"image refused as a decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
         raise UploadRejected(f"not a readable image: {exc}") from None
@@ -84,17 +85,19 @@ def store_uploaded_image(data: bytes, input_dir: Path, *, max_pixels: int) -> St
     return StoredImage(name=name, width=width, height=height, format=fmt, bytes=len(encoded))
 
 
-def describe_outputs(outputs: dict[str, dict[str, Any]], output_dir: Path,
-                     url_for: Any) -> tuple[dict, list[str]]:
+def describe_outputs(outputs: dict[str, dict[str, Any]], output_dir: Path, url_for: Any, *,
+                     file_outputs: dict[str, Collection[str]]) -> tuple[dict, list[str]]:
     """(JSON-able outputs, names of output files) for a run record.
 
-    `url_for(name)` gives the download URL of an output file.
+    `file_outputs` is {node id: names of its outputs declared as files it wrote}
+    (`NodeSpec.file_outputs`); only their values become downloadable files, and only when
+    they are files inside the output folder. `url_for(name)` gives a file's download URL.
     """
     files: list[str] = []
     root = Path(output_dir).resolve()
 
     def as_file(value: Any) -> dict | None:
-        if isinstance(value, os.PathLike) or (isinstance(value, str) and len(value) < 4096):
+        if isinstance(value, (str, os.PathLike)) and len(str(value)) < 4096:
             try:
                 path = Path(value)
                 path = (path if path.is_absolute() else root / path).resolve()
@@ -106,25 +109,26 @@ def describe_outputs(outputs: dict[str, dict[str, Any]], output_dir: Path,
                 return None
         return None
 
-    def describe(value: Any, depth: int = 0) -> Any:
-        ref = as_file(value)
+    def describe(value: Any, written: bool, depth: int = 0) -> Any:
+        ref = as_file(value) if written else None
         if ref is not None:
             return ref
         if isinstance(value, os.PathLike):
-            return {"type": "path", "summary": "outside the output folder"}
+            return {"type": "path", "summary": "not a file this run wrote to the output folder"}
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
         if isinstance(value, (list, tuple)) and depth < 4:
-            return [describe(v, depth + 1) for v in value]
+            return [describe(v, written, depth + 1) for v in value]
         if isinstance(value, dict) and depth < 4 and all(isinstance(k, str) for k in value):
-            return {k: describe(v, depth + 1) for k, v in value.items()}
+            return {k: describe(v, False, depth + 1) for k, v in value.items()}
         return summarise(value)
 
     described = {}
     for node_id, node_outputs in outputs.items():
         described[node_id] = {}
+        declared = file_outputs.get(node_id, ())
         for name, value in node_outputs.items():
-            item = describe(value)
+            item = describe(value, name in declared)
             if len(json.dumps(item, default=str)) > MAX_INLINE_JSON:
                 item = summarise(value)
             described[node_id][name] = item

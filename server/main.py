@@ -22,6 +22,7 @@ from .comfy.shell import ComfyShell
 from .config import GraphLimits, ServerConfig
 from .dispatch import LocalDispatcher, make_event
 from .events import EventHub
+from .retention import Retention
 from .service import RunService
 from .store import QUEUED, RunStore
 
@@ -40,7 +41,10 @@ class Server:
     app: Any
 
     def start(self) -> None:
-        """Recover runs a crash left behind, then start the worker."""
+        """Recover runs a crash left behind, prune old ones, then start the worker."""
+        retention = Retention(self.config.keep_runs, self.config.keep_days)
+        log.info(retention.describe())
+        retention.prune(self.store, Path(self.settings.output_dir))
         for run in self.store.recover(self.config.max_attempts):
             log.warning("run %s was interrupted; now %s", run.id, run.status)
             if run.status != QUEUED:
@@ -56,11 +60,20 @@ def build(config: ServerConfig, settings: Settings, registry: Registry) -> Serve
     config.data_dir.mkdir(parents=True, exist_ok=True)
     for folder in (settings.output_dir, settings.input_dir):
         Path(folder).mkdir(parents=True, exist_ok=True)
-    executor = Executor(registry=registry, settings=settings)
+    executor = Executor(registry=registry, settings=settings, limits=config.limits.engine_limits())
     store = RunStore(config.db_path)
     hub = EventHub(config.event_queue_size)
+    retention = Retention(config.keep_runs, config.keep_days)
+
+    def finished(run_id: str) -> None:
+        hub.run_finished(run_id)
+        try:
+            retention.prune(store, Path(settings.output_dir))
+        except Exception:  # noqa: BLE001 - pruning must never disturb the worker
+            log.exception("could not prune old runs")
+
     dispatcher = LocalDispatcher(store, executor, output_dir=Path(settings.output_dir),
-                                 publish=hub.publish, finished=hub.run_finished)
+                                 publish=hub.publish, finished=finished)
     service = RunService(config, executor, store, dispatcher, hub)
     server = Server(config, settings, executor, store, hub, dispatcher, service, app=None)
     server.app = create_app(config, service, hub, on_start=server.start, on_stop=server.stop)
@@ -98,6 +111,8 @@ def serve(host: str, port: int, data_dir: Path, models_dirs: list[Path], token: 
     """
     import uvicorn
 
+    # `loom serve` has no logging set up of its own; the server log is where error ids lead.
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     data_dir = Path(data_dir).resolve()
     config = ServerConfig(host=host, port=port, data_dir=data_dir, token=token or None, **options)
     config.check_bind()

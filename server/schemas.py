@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import without_private_fields
 from .store import RunRecord
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -43,6 +44,7 @@ class Problems(BaseModel):
 class ErrorView(BaseModel):
     error: str
     message: str
+    id: str | None = Field(default=None, description="error id of an internal error, as logged")
     run: str | None = None
 
 
@@ -50,10 +52,11 @@ class RunError(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     error: str = Field(description="node_failed, cancelled, interrupted, invalid_graph, internal")
+    id: str | None = Field(default=None, description="error id: the server log has the details "
+                                                     "(traceback) under it")
     message: str | None = None
     node: str | None = Field(default=None, description="id of the node that failed")
     type: str | None = Field(default=None, description="its node type")
-    traceback: str | None = None
     problems: list[ProblemView] | None = None
 
 
@@ -72,7 +75,7 @@ class RunSummary(BaseModel):
     def of(cls, run: RunRecord) -> "RunSummary":
         return cls(id=run.id, seq=run.seq, status=run.status, created_at=run.created_at,
                    started_at=run.started_at, finished_at=run.finished_at, attempts=run.attempts,
-                   cancel_requested=run.cancel_requested, error=run.error)
+                   cancel_requested=run.cancel_requested, error=without_private_fields(run.error))
 
 
 class RunView(RunSummary):

@@ -22,13 +22,14 @@ running what it receives (`X-Content-Type-Options: nosniff`, a deny-all CSP).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hmac
 import json
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
-from .config import LOOPBACK_NAMES, ServerConfig, is_wildcard
+from .config import LOOPBACK_NAMES, ServerConfig, is_wildcard, is_wildcard_host
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
@@ -74,7 +75,9 @@ class Guard:
         self.app = app
         self.config = config
         self.any_host = is_wildcard(config.host) or "*" in config.allowed_hosts
-        self.hosts = set(LOOPBACK_NAMES) | {h.lower().strip("[]") for h in config.allowed_hosts}
+        allowed = [h.lower().strip("[]") for h in config.allowed_hosts]
+        self.host_patterns = [h for h in allowed if is_wildcard_host(h)]
+        self.hosts = set(LOOPBACK_NAMES) | {h for h in allowed if not is_wildcard_host(h)}
         if not is_wildcard(config.host):
             self.hosts.add(config.host.lower().strip("[]"))
         self.origins = {o.rstrip("/").lower() for o in config.allowed_origins}
@@ -86,7 +89,7 @@ class Guard:
         host = headers.get("host")
         if host is None:
             return 400, "missing_host", "a Host header is required"
-        if not self.any_host and host_name(host) not in self.hosts:
+        if not self.host_allowed(host_name(host)):
             return 403, "forbidden_host", (f"Host {host!r} is not served here (allowed: "
                                            f"{', '.join(sorted(self.hosts))}); add it with --allow-host")
         origin = headers.get("origin")
@@ -100,6 +103,11 @@ class Guard:
             if not tokens_equal(self.presented_token(scope, headers), self.config.token):
                 return 401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required"
         return None
+
+    def host_allowed(self, name: str) -> bool:
+        """A served name: any (wildcard bind or '*'), listed, or matching an --allow-host pattern."""
+        return (self.any_host or name in self.hosts
+                or any(fnmatch.fnmatchcase(name, p) for p in self.host_patterns))
 
     def origin_allowed(self, origin: str, host_header: str) -> bool:
         """Configured origins, or the same origin: the page was served by this Host."""

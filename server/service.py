@@ -17,7 +17,7 @@ from .config import ServerConfig
 from .dispatch import RunDispatcher, make_event
 from .events import EventHub
 from .files import StoredImage, output_file, store_uploaded_image
-from .limits import check_graph, path_inputs_of, too_many_nodes
+from .limits import InputRules, check_graph, input_rules_of, too_many_nodes
 from .store import FINAL, QUEUED, RUNNING, RunRecord, RunStore
 
 RUN_QUEUED = "run_queued"
@@ -39,7 +39,7 @@ class RunService:
         self.dispatcher = dispatcher
         self.hub = hub
         self._catalogue: list[dict] | None = None
-        self._path_inputs: dict[str, dict[str, str]] | None = None
+        self._input_rules: dict[str, InputRules] | None = None
         self._catalogue_lock = threading.Lock()
 
     # -- runs ---------------------------------------------------------------------------
@@ -49,10 +49,9 @@ class RunService:
         too_big = too_many_nodes(graph, self.config.limits)
         if too_big is not None:
             raise GraphError([too_big])
-        problems = check_graph(graph, params, self.config.limits,
+        problems = check_graph(graph, params, self.executor.limits, self.input_rules(),
                                input_dir=Path(self.settings.input_dir),
-                               output_dir=Path(self.settings.output_dir),
-                               path_inputs=self.path_inputs())
+                               output_dir=Path(self.settings.output_dir))
         try:
             self.executor.check(Graph.from_dict(graph), params or None)
         except GraphError as exc:
@@ -102,9 +101,6 @@ class RunService:
             raise KeyError(run_id)
         return output_file(Path(self.settings.output_dir), name, run.files)
 
-    def counts(self) -> dict[str, int]:
-        return self.store.counts()
-
     # -- catalogue, models, uploads -----------------------------------------------------
 
     def catalogue(self) -> list[dict]:
@@ -113,10 +109,10 @@ class RunService:
                 self._catalogue = self.executor.registry.catalogue()
             return self._catalogue
 
-    def path_inputs(self) -> dict[str, dict[str, str]]:
-        if self._path_inputs is None:
-            self._path_inputs = path_inputs_of(self.catalogue())
-        return self._path_inputs
+    def input_rules(self) -> dict[str, InputRules]:
+        if self._input_rules is None:
+            self._input_rules = input_rules_of(self.catalogue())
+        return self._input_rules
 
     def models(self) -> dict[str, list[str]]:
         paths = ModelPaths(self.settings.models_dirs, self.settings.extra_model_paths)

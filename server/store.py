@@ -278,6 +278,34 @@ class RunStore:
             rows = self._db.execute(sql, args).fetchall()
         return [_record(r) for r in rows]
 
+    def prune(self, keep_runs: int | None, keep_days: float | None) -> list[RunRecord]:
+        """Delete finished runs beyond the newest `keep_runs` or finished more than `keep_days`
+        ago; returns them (their `files` are the caller's to delete)."""
+        final = tuple(sorted(FINAL))
+        marks = ", ".join("?" * len(final))
+        conditions, args = [], []
+        if keep_runs is not None:
+            conditions.append(f"seq NOT IN (SELECT seq FROM runs WHERE status IN ({marks})"
+                              f" ORDER BY seq DESC LIMIT ?)")
+            args.extend([*final, max(0, keep_runs)])
+        if keep_days is not None:
+            conditions.append("finished_at < ?")
+            args.append(time.time() - keep_days * 86400)
+        if not conditions:
+            return []
+        with self._lock, self._tx():
+            rows = self._db.execute(
+                f"DELETE FROM runs WHERE status IN ({marks}) AND ({' OR '.join(conditions)})"
+                f" RETURNING *", (*final, *args)).fetchall()
+        return [_record(r) for r in rows]
+
+    def file_in_use(self, name: str) -> bool:
+        """True when a run in the table lists output file `name`."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM runs WHERE instr(result, ?) > 0 LIMIT 1",
+                                   (json.dumps(name),)).fetchone()
+        return row is not None
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) AS n FROM runs GROUP BY status").fetchall()

@@ -70,8 +70,8 @@ def test_resize_and_progressive_upscale(ctx, upscale_models):
     from nodes.upscale import load_upscale_model, progressive_upscale, resize_image
 
     img = _image(32, 32)
-    assert resize_image(img, 1.5, method="lanczos").pixels.shape == (1, 48, 48, 3)
-    assert resize_image(img, width=64, method="bicubic").pixels.shape == (1, 64, 64, 3)
+    assert resize_image(ctx, img, 1.5, method="lanczos").pixels.shape == (1, 48, 48, 3)
+    assert resize_image(ctx, img, width=64, method="bicubic").pixels.shape == (1, 64, 64, 3)
     out = progressive_upscale(ctx, img, 300, 200, load_upscale_model(ctx, "tiny-esrgan-x2"))
     assert out.pixels.shape == (1, 200, 300, 3)
     assert progressive_upscale(ctx, img, 100, 100).pixels.shape == (1, 100, 100, 3)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
 from engine import node
 from engine.context import Context
+from engine.limits import Limit
+from engine.types import OutputFile, file_input
 
 
 @node("test.steps", category="test", cache=False)
-def steps(ctx: Context, steps: Annotated[int, Field(ge=1, le=10_000)] = 10,
+def steps(ctx: Context, steps: Annotated[int, Field(ge=1, le=10_000), Limit("steps")] = 10,
           seconds_per_step: Annotated[float, Field(ge=0, le=10)] = 0.05,
           tag: str = "", journal: str = "") -> str:
     """Sleep `steps` times, reporting progress (and so checking cancellation) every step."""
@@ -34,13 +36,16 @@ def steps(ctx: Context, steps: Annotated[int, Field(ge=1, le=10_000)] = 10,
 
 
 @node("test.image_size", category="test")
-def image_size(width: int = 64, height: int = 64, batch_size: int = 1) -> int:
-    """Pretends to make an image; only the limits checker cares about its inputs."""
+def image_size(width: Annotated[int, Limit("width"), Limit("pixels")] = 64,
+               height: Annotated[int, Limit("height"), Limit("pixels")] = 64,
+               batch_size: Annotated[int, Limit("batch")] = 1) -> int:
+    """Pretends to make an image: declares the limits an image maker would."""
     return width * height * batch_size
 
 
-@node("test.write_file", category="test", cache=False)
-def write_file(ctx: Context, text: str = "hello", prefix: str = "note") -> str:
+@node("test.write_file", category="test", cache=False, output_node=True)
+def write_file(ctx: Context, text: str = "hello",
+               prefix: file_input("output") = "note") -> OutputFile:
     """Write `text` to a new file in the output folder and return its path."""
     folder = ctx.output_dir
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,8 +54,8 @@ def write_file(ctx: Context, text: str = "hello", prefix: str = "note") -> str:
     return str(path)
 
 
-@node("test.write_png", category="test", cache=False)
-def write_png(ctx: Context, size: int = 8) -> str:
+@node("test.write_png", category="test", cache=False, output_node=True)
+def write_png(ctx: Context, size: int = 8) -> OutputFile:
     from PIL import Image
 
     folder = ctx.output_dir
@@ -61,9 +66,21 @@ def write_png(ctx: Context, size: int = 8) -> str:
 
 
 @node("test.read_input", category="test", cache=False)
-def read_input(ctx: Context, image: str) -> int:
+def read_input(ctx: Context, image: file_input("input")) -> int:
     """Size in bytes of a file in the input folder (what a load-image node would open)."""
     return Path(ctx.settings.input_dir, image).stat().st_size
+
+
+@node("test.name_a_file", category="test", cache=False)
+def name_a_file(ctx: Context, name: str) -> str:
+    """A string that happens to name a file in the output folder (this node wrote nothing)."""
+    return str(ctx.output_dir / name)
+
+
+@node("test.reject", category="test")
+def reject(value: Any) -> bool:
+    """A check that never passes, whatever it is given (drives retries to their last try)."""
+    return False
 
 
 @node("test.fail", category="test", cache=False)

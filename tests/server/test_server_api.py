@@ -92,12 +92,14 @@ def test_graph_limits_are_refused_with_a_clear_message(client):
 
     repeats = graph({"r": {"type": "test.image_size", "inputs": {}},
                      "o": {"type": "show", "inputs": {"value": ["r", "value"]}}})
+    from engine import Registry
     from server.config import GraphLimits
-    from server.limits import check_graph
+    from server.limits import check_graph, input_rules_of
     problems = check_graph({"loom": 1, "nodes": {
         "gate": {"type": "retry", "inputs": {"max_tries": 100}},
         "sheet": {"type": "batch_over", "inputs": {"values": list(range(50))}},
-        "up": {"type": "resize_image", "inputs": {"scale": 16.0}}}}, {}, GraphLimits(),
+        "up": {"type": "upscale_latent", "inputs": {"scale": 8.0}}}}, {},
+        GraphLimits().engine_limits(), input_rules_of(Registry.default().catalogue()),
         input_dir=Path("."), output_dir=Path("."))
     assert {(p.node, p.input) for p in problems} == {("gate", "max_tries"), ("sheet", "values"),
                                                      ("up", "scale")}
@@ -192,25 +194,22 @@ def test_cancel_a_queued_run_and_it_never_starts(client):
 
 def test_output_files_are_downloadable_with_safe_headers(client):
     g = graph({"img": {"type": "test.write_png", "inputs": {"size": 16}},
-               "note": {"type": "test.write_file", "inputs": {"text": "<script>alert(1)</script>"}},
-               "o1": {"type": "show", "inputs": {"value": ["img", "value"]}},
-               "o2": {"type": "show", "inputs": {"value": ["note", "value"]}}})
+               "note": {"type": "test.write_file", "inputs": {"text": "<script>alert(1)</script>"}}})
     run = client.post("/v1/runs?wait=true", json={"graph": g}).json()
     assert run["status"] == "succeeded", run
-    image = run["outputs"]["o1"]["value"]
+    image = run["outputs"]["img"]["value"]
     assert image["file"] in run["files"]
     response = client.get(image["url"])
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.content.startswith(b"\x89PNG")
-    note = client.get(run["outputs"]["o2"]["value"]["url"])
+    note = client.get(run["outputs"]["note"]["value"]["url"])
     assert note.headers["content-type"].startswith("text/plain")
     assert "sandbox" in note.headers["content-security-policy"]
     # Only files the run produced: another existing output is not reachable through it.
     other = client.post("/v1/runs?wait=true", json={"graph": graph({
-        "img": {"type": "test.write_png", "inputs": {}},
-        "o": {"type": "show", "inputs": {"value": ["img", "value"]}}})}).json()
+        "img": {"type": "test.write_png", "inputs": {}}})}).json()
     assert client.get(f"/v1/runs/{run['id']}/outputs/{other['files'][0]}").status_code == 404
 
 
@@ -248,12 +247,15 @@ def test_wait_true_with_timeout_answers_202_while_running(client):
 def test_the_example_graphs_fit_the_default_limits():
     import json
 
+    from engine import Registry
     from server.config import GraphLimits
-    from server.limits import check_graph, too_many_nodes
+    from server.limits import check_graph, input_rules_of, too_many_nodes
 
+    rules = input_rules_of(Registry.default().catalogue())
     examples = sorted((Path(__file__).resolve().parents[2] / "graphs").glob("*.json"))
     for path in examples:
         g = json.loads(path.read_text())
         assert too_many_nodes(g, GraphLimits()) is None, path.name
-        problems = check_graph(g, {}, GraphLimits(), input_dir=Path("in"), output_dir=Path("out"))
+        problems = check_graph(g, {}, GraphLimits().engine_limits(), rules, input_dir=Path("in"),
+                               output_dir=Path("out"))
         assert problems == [], path.name

@@ -52,8 +52,7 @@ def png_header_only(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def finished_run(server):
     with server.client() as c:
-        g = graph({"img": {"type": "test.write_png", "inputs": {}},
-                   "o": {"type": "show", "inputs": {"value": ["img", "value"]}}})
+        g = graph({"img": {"type": "test.write_png", "inputs": {}}})
         return c.post("/v1/runs?wait=true", json={"graph": g}).json()
 
 
@@ -303,3 +302,27 @@ def test_the_server_process_refuses_a_public_bind_without_a_token(tmp_path):
 def test_two_servers_cannot_share_a_data_folder(start_server, server):
     with pytest.raises(RuntimeError, match="another Loom server"):
         start_server(data_dir=Path(server.data_dir))
+
+
+@pytest.mark.parametrize("pattern", ["*", "*.example.com", "0.0.0.0", "gpu-?.lan"])
+def test_a_wildcard_allowed_host_on_loopback_needs_a_token(pattern):
+    with pytest.raises(LoomError, match="DNS rebinding"):
+        ServerConfig(allowed_hosts=(pattern,)).check_bind()
+    ServerConfig(allowed_hosts=(pattern,), token=TOKEN).check_bind()
+    ServerConfig(allowed_hosts=("gpu-box.lan",)).check_bind()
+
+
+def test_the_server_process_refuses_allow_host_star_without_a_token(tmp_path):
+    result = subprocess.run(server_command(1, tmp_path / "d", "--allow-host", "*"), cwd=REPO,
+                            env=server_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "DNS rebinding" in result.stderr
+    assert not (tmp_path / "d" / "loom.sqlite3").exists()
+
+
+def test_an_allowed_host_pattern_serves_matching_names_only():
+    guard = Guard(lambda *a: None, ServerConfig(allowed_hosts=("*.lan",), token=TOKEN))
+    scope = {"type": "http", "path": "/v1/runs"}
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    assert guard.refusal(scope, {"host": "gpu-box.lan:8188", **auth}) is None
+    assert guard.refusal(scope, {"host": "evil.example:8188", **auth})[0] == 403
