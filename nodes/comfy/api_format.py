@@ -38,7 +38,7 @@ def unknown_class_types(prompt: dict, registry: Registry) -> dict[str, list[str]
     """Class types the installed packs do not have -> the ids of the nodes that use them."""
     unknown: dict[str, list[str]] = {}
     for node_id, raw in prompt.items():
-        if raw["class_type"] not in registry:
+        if raw["class_type"] not in registry and raw["class_type"] not in REFUSED:
             unknown.setdefault(raw["class_type"], []).append(str(node_id))
     return unknown
 

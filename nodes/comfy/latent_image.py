@@ -18,7 +18,7 @@ from engine.types import file_input
 from .._common import output_folder_fingerprint
 from ..control_types import UpscaleModel
 from ..types import Conditioning, DiffusionModel, Image, Latent, Mask, Vae
-from .ports import ComfyLatent, comfy_latent, latent_scale, model_with_controls, shaped_for
+from .ports import ComfyLatent, call_node, comfy_latent, latent_scale, model_with_controls, shaped_for
 from .vocabulary import SAMPLERS, SCHEDULES, SamplerName, SchedulerName
 
 MAX_RESOLUTION = 16384
@@ -342,12 +342,13 @@ Pad = Annotated[int, Field(ge=0, le=MAX_RESOLUTION, multiple_of=8)]
 
 
 @node("ImagePadForOutpaint", category="comfy/image")
-def image_pad_for_outpaint(image: Image, left: Pad = 0, top: Pad = 0, right: Pad = 0, bottom: Pad = 0,
+def image_pad_for_outpaint(ctx: Context, image: Image, left: Pad = 0, top: Pad = 0, right: Pad = 0, bottom: Pad = 0,
                            feathering: Annotated[int, Field(ge=0, le=MAX_RESOLUTION)] = 40) -> PadOutputs:
     """Extend the canvas and give the mask of the new area (Loom's pad_for_outpaint)."""
     from ..image import pad_for_outpaint
 
-    return PadOutputs(*pad_for_outpaint(image, left, top, right, bottom, min(feathering, 512)))
+    return PadOutputs(*call_node(pad_for_outpaint, ctx, image=image, left=left, top=top, right=right,
+                                 bottom=bottom, feathering=min(feathering, 512)))
 
 
 @node("ImageUpscaleWithModel", category="comfy/image", output="IMAGE")

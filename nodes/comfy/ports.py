@@ -93,3 +93,8 @@ def model_with_controls(model: DiffusionModel, *conds: Conditioning | None) -> D
                 model = apply_controlnet(model, control.controlnet, control.hint, control.strength,
                                          control.start, control.end)
     return model
+
+
+def call_node(fn, ctx, **inputs):
+    """Call a Loom node function with its inputs by name, handing it the context when it takes one."""
+    return fn(ctx, **inputs) if fn.spec.wants_ctx else fn(**inputs)

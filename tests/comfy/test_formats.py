@@ -1,0 +1,227 @@
+"""Reading and writing ComfyUI documents: errors before anything runs, the API round trip,
+PNGs, `loom convert`, and ComfyUI-shaped errors for the HTTP API."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from engine import Executor, GraphError
+from engine.cli import main
+from engine.documents import Document, read_document
+from nodes.comfy import SAMPLERS, SCHEDULES, export_api_prompt, node_errors, read_api_prompt
+
+from .conftest import WORKFLOWS
+
+
+def api(name: str = "txt2img.api.json") -> dict:
+    return json.loads((WORKFLOWS / name).read_text())
+
+
+def graph_of(prompt: dict, registry):
+    return read_document(Document.from_value(prompt), registry)[0]
+
+
+def test_unknown_class_types_are_listed_at_once_with_their_node_ids(registry):
+    prompt = api()
+    prompt["20"] = {"class_type": "FancyUpscaler", "inputs": {"image": ["8", 0]}}
+    prompt["21"] = {"class_type": "FancyUpscaler", "inputs": {}}
+    prompt["22"] = {"class_type": "FaceDetailer", "inputs": {}}
+    with pytest.raises(GraphError) as info:
+        read_api_prompt(prompt, registry)
+    [problem] = info.value.problems
+    assert "FancyUpscaler (nodes 20, 21)" in problem.message and "FaceDetailer (node 22)" in problem.message
+
+
+def test_refused_class_type_names_the_node(registry):
+    prompt = api()
+    prompt["30"] = {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["6", 0]}}
+    with pytest.raises(GraphError) as info:
+        read_api_prompt(prompt, registry)
+    assert info.value.problems[0].node == "30" and "area conditioning" in info.value.problems[0].message
+
+
+def test_a_missing_model_is_a_problem_naming_node_input_and_what_is_available(registry, executor):
+    prompt = api()
+    prompt["4"]["inputs"]["ckpt_name"] = "sub\\v1-5-pruned-emaonly.safetensors"
+    with pytest.raises(GraphError) as info:
+        executor.plan(graph_of(prompt, registry))
+    [problem] = info.value.problems
+    assert (problem.node, problem.input) == ("4", "ckpt_name")
+    assert "sub/v1-5-pruned-emaonly" in problem.message and "shapes-tiny" in problem.message
+
+
+def test_model_names_resolve_with_or_without_extension_and_in_sub_folders(registry, executor, tmp_path):
+    import shutil
+
+    from nodes.comfy.loaders import loom_model_name
+
+    folder = tmp_path / "models"
+    (folder / "loras" / "styles").mkdir(parents=True)
+    shutil.copy(executor.settings.models_dirs[0] / "loras" / "lcm-lora-shapes-tiny.safetensors",
+                folder / "loras" / "styles" / "lcm.safetensors")
+    from engine import Settings
+
+    s = Settings(models_dirs=[folder, executor.settings.models_dirs[0]])
+    assert loom_model_name(s, "loras", "styles\\lcm.safetensors", "lora_name") == "styles/lcm.safetensors"
+    assert loom_model_name(s, "loras", "styles/lcm", "lora_name") == "styles/lcm"
+    assert loom_model_name(s, "checkpoints", "shapes-tiny.safetensors", "ckpt_name") == "shapes-tiny"
+
+
+def test_unsupported_sampler_or_scheduler_is_refused_at_validation_with_the_list(registry):
+    prompt = api()
+    prompt["3"]["inputs"]["sampler_name"] = "euler_cfg_pp"
+    prompt["3"]["inputs"]["scheduler"] = "kl_optimal"
+    with pytest.raises(GraphError) as info:
+        Executor(registry=registry).check(graph_of(prompt, registry))
+    by_input = {p.input: p.message for p in info.value.problems}
+    assert "dpmpp_2m_sde" in by_input["sampler_name"] and "euler_cfg_pp" in by_input["sampler_name"]
+    assert "sgm_uniform" in by_input["scheduler"]
+
+
+@pytest.mark.parametrize("sampler", sorted(set(SAMPLERS.values())))
+def test_every_mapped_sampler_builds_with_the_normal_schedule(sampler, models_dir):
+    from nodes.sampling import make_scheduler
+
+    config = json.loads((models_dir / "checkpoints/shapes-tiny/scheduler/scheduler_config.json").read_text())
+    scheduler = make_scheduler(sampler, config, schedule="normal")
+    scheduler.set_timesteps(6)
+    assert len(scheduler.timesteps) >= 6
+
+
+@pytest.mark.parametrize("schedule", sorted(set(SCHEDULES.values())))
+def test_each_schedule_spreads_the_steps_its_own_way(schedule, models_dir):
+    from nodes.sampling import make_scheduler
+
+    config = json.loads((models_dir / "checkpoints/shapes-tiny/scheduler/scheduler_config.json").read_text())
+    default = make_scheduler("euler", config)
+    default.set_timesteps(5)
+    scheduler = make_scheduler("euler", config, schedule=schedule)
+    scheduler.set_timesteps(5)
+    assert len(scheduler.sigmas) == 6 and scheduler.sigmas[-1] == 0
+    if schedule == "ddim_uniform":
+        assert scheduler.timesteps[-1] == 1           # DDIM's leading steps, offset by one
+    if schedule == "normal":
+        assert scheduler.timesteps[0] == 999 and scheduler.timesteps[-1] == 0
+
+
+def test_a_sampler_without_a_schedule_says_so(models_dir):
+    from engine.errors import NodeInputError
+    from nodes.sampling import make_scheduler
+
+    config = json.loads((models_dir / "checkpoints/shapes-tiny/scheduler/scheduler_config.json").read_text())
+    with pytest.raises(NodeInputError, match="no karras schedule"):
+        make_scheduler("ddim", config, schedule="karras")
+
+
+# -- API -> Loom -> API ---------------------------------------------------------------------
+
+_text = st.text(alphabet=st.characters(codec="utf-8", categories=["L", "N", "Zs"]), max_size=20)
+
+
+@st.composite
+def api_prompts(draw):
+    """Random chains of ComfyUI nodes with valid links and literal values of every kind."""
+    ids = draw(st.lists(st.integers(1, 10**6).map(str), min_size=3, max_size=8, unique=True))
+    prompt = {ids[0]: {"inputs": {"ckpt_name": draw(_text.filter(bool))}, "class_type": "CheckpointLoaderSimple"}}
+    outputs = {"CheckpointLoaderSimple": 3}
+
+    def link():
+        src = draw(st.sampled_from(sorted(prompt)))
+        return [src, draw(st.integers(0, outputs.get(prompt[src]["class_type"], 1) - 1))]
+
+    for node_id in ids[1:]:
+        kind = draw(st.sampled_from(["CLIPTextEncode", "EmptyLatentImage", "KSampler", "ImageScale"]))
+        if kind == "CLIPTextEncode":
+            inputs = {"text": draw(_text), "clip": link()}
+        elif kind == "EmptyLatentImage":
+            inputs = {"width": draw(st.integers(16, 512)), "height": 64, "batch_size": draw(st.integers(1, 4))}
+        elif kind == "KSampler":
+            inputs = {"seed": draw(st.integers(0, 2**64 - 1)), "steps": draw(st.integers(1, 50)),
+                      "cfg": draw(st.floats(0, 100, allow_nan=False)), "sampler_name": draw(st.sampled_from(sorted(SAMPLERS))),
+                      "scheduler": draw(st.sampled_from(sorted(SCHEDULES))), "model": link(),
+                      "positive": link(), "negative": link(), "latent_image": link(),
+                      "denoise": draw(st.floats(0, 1))}
+        else:
+            inputs = {"image": link(), "upscale_method": "bilinear", "width": {"__value__": [1, 2]},
+                      "crop": "center"}
+        node = {"inputs": inputs, "class_type": kind}
+        if draw(st.booleans()):
+            node["_meta"] = {"title": draw(_text)}
+        prompt[node_id] = node
+    return prompt
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(prompt=api_prompts())
+def test_api_prompt_round_trips_through_a_loom_graph(prompt):
+    from engine import Graph, Registry
+
+    registry = _REGISTRY or Registry.default()
+    document, id_map = read_api_prompt(prompt, registry)
+    assert id_map == {i: i for i in prompt}
+    graph = Graph.from_dict(json.loads(json.dumps(document)))
+    assert export_api_prompt(graph, registry) == prompt
+
+
+_REGISTRY = None
+
+
+@pytest.fixture(autouse=True)
+def _share_registry(registry):
+    global _REGISTRY
+    _REGISTRY = registry
+
+
+# -- PNGs, convert, export errors, ComfyUI-shaped errors ----------------------------------------
+
+def test_a_comfyui_png_runs_from_its_prompt_chunk_and_a_ui_only_png_from_its_workflow(registry, tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    both = PngInfo()
+    both.add_text("prompt", (WORKFLOWS / "txt2img.api.json").read_text())
+    both.add_text("workflow", (WORKFLOWS / "txt2img.ui.json").read_text())
+    Image.new("RGB", (8, 8)).save(tmp_path / "both.png", pnginfo=both)
+    ui_only = PngInfo()
+    ui_only.add_text("workflow", (WORKFLOWS / "txt2img.ui.json").read_text())
+    Image.new("RGB", (8, 8)).save(tmp_path / "ui.png", pnginfo=ui_only)
+    from engine.documents import load_document
+
+    from_prompt = load_document(tmp_path / "both.png", registry)
+    from_workflow = load_document(tmp_path / "ui.png", registry)
+    assert from_prompt.nodes["4"].meta == {"title": "Load Checkpoint"}     # the prompt chunk won
+    assert from_workflow.nodes["3"].inputs == from_prompt.nodes["3"].inputs
+
+
+def test_loom_convert_writes_both_ways(tmp_path, capsys):
+    out = tmp_path / "graph.json"
+    assert main(["convert", str(WORKFLOWS / "txt2img.ui.json"), "-o", str(out)]) == 0
+    loom = json.loads(out.read_text())
+    assert loom["loom"] == 1 and loom["nodes"]["3"]["type"] == "KSampler"
+    assert main(["convert", str(out), "--to", "comfy-api"]) == 0
+    prompt = json.loads(capsys.readouterr().out)
+    assert prompt["3"]["inputs"]["model"] == ["4", 0] and prompt["3"]["inputs"]["seed"] == 0
+
+
+def test_exporting_a_node_without_a_comfyui_counterpart_names_it(tmp_path, capsys):
+    graph = WORKFLOWS.parents[2] / "graphs" / "arithmetic.json"
+    assert main(["convert", str(graph), "--to", "comfy-api"]) == 2
+    err = capsys.readouterr().err
+    assert "has no ComfyUI counterpart" in err and "node '" in err
+
+
+def test_validation_problems_become_comfyui_node_errors(registry):
+    prompt = api()
+    prompt["3"]["inputs"]["steps"] = 0
+    prompt["3"]["inputs"].pop("positive")
+    document, id_map = read_api_prompt(prompt, registry)
+    from engine import Graph
+
+    with pytest.raises(GraphError) as info:
+        Executor(registry=registry).check(Graph.from_dict(document))
+    errors = node_errors(info.value, prompt, id_map)
+    assert errors["3"]["class_type"] == "KSampler"
+    inputs = {e["extra_info"]["input_name"] for e in errors["3"]["errors"]}
+    assert inputs == {"steps", "positive"}

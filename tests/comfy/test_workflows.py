@@ -1,0 +1,113 @@
+"""ComfyUI workflows run as they are: every file in workflows/ converts to its golden Loom graph,
+validates, and runs on the shipped models; the compat nodes give the same pixels as the
+hand-written Loom graph; the cache and `loom explain` work in ComfyUI's node ids."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from engine import Executor, GraphError
+from engine.documents import Document, read_document
+
+from .conftest import GOLDEN, WORKFLOWS
+
+WORKFLOW_FILES = sorted(p.name for p in WORKFLOWS.glob("*.json"))
+
+
+def read(name: str, registry):
+    path = WORKFLOWS / name
+    return read_document(Document(path.read_bytes(), source=name), registry, name=name)
+
+
+@pytest.mark.parametrize("name", WORKFLOW_FILES)
+def test_workflow_converts_to_its_golden_graph(name, registry):
+    graph, fmt = read(name, registry)
+    assert fmt == ("comfy-ui" if ".ui." in name else "comfy-api")
+    golden = GOLDEN / name.replace(".json", ".loom.json")
+    if os.environ.get("LOOM_UPDATE_GOLDEN"):
+        golden.write_text(json.dumps(graph.to_dict(), indent=1) + "\n")
+    assert graph.to_dict() == json.loads(golden.read_text())
+
+
+@pytest.mark.parametrize("name", WORKFLOW_FILES)
+def test_workflow_validates_and_runs_on_the_shipped_models(name, registry, executor):
+    import numpy as np
+    from PIL import Image
+
+    graph, _ = read(name, registry)
+    result = executor.run(graph)
+    files = [f for outputs in result.outputs.values() for f in outputs["files"]]
+    assert files
+    for file in files:
+        pixels = np.asarray(Image.open(file).convert("RGB"), dtype=np.float32)
+        assert pixels.shape[0] >= 64 and pixels.std() > 1.0, f"{file} is blank"
+
+
+def test_ui_format_follows_the_editors_rules(registry):
+    """Positional widgets with the seed's control value skipped, a PrimitiveNode feeding the
+    seed, a Reroute, a bypassed LoRA (its MODEL/CLIP inputs pass through), a muted save and a
+    Note: the same graph as the API-format twin."""
+    ui, _ = read("txt2img.ui.json", registry)
+    api, _ = read("txt2img.api.json", registry)
+    assert set(ui.nodes) == {"3", "4", "5", "6", "7", "8", "9"}
+    assert {n: (e.type, e.inputs) for n, e in ui.nodes.items()} == \
+           {n: (e.type, e.inputs) for n, e in api.nodes.items()}
+    assert ui.nodes["3"].inputs["seed"] == 0          # from the PrimitiveNode, not the stale 123456
+
+
+def test_subgraphs_are_refused_clearly(registry):
+    from nodes.comfy import read_ui_workflow
+
+    workflow = {"nodes": [{"id": 1, "type": "a1b2", "mode": 0}], "links": [],
+                "definitions": {"subgraphs": [{"id": "a1b2", "name": "Upscaler"}]}}
+    with pytest.raises(GraphError) as info:
+        read_ui_workflow(workflow, registry)
+    assert "subgraph 'Upscaler'" in str(info.value) and "unpack" in str(info.value)
+
+
+def test_compat_run_gives_the_pixels_of_the_hand_written_loom_graph(registry, executor):
+    from engine import GraphBuilder
+
+    compat, _ = read("txt2img.api.json", registry)
+    g = GraphBuilder()
+    ckpt = g.add("load_checkpoint", name="shapes-tiny")
+    pos = g.add("encode_text", text_encoder=ckpt["text_encoder"], text="a red circle on a blue background")
+    neg = g.add("encode_text", text_encoder=ckpt["text_encoder"], text="")
+    latent = g.add("empty_latent", vae=ckpt["vae"], width=64, height=64, batch=1)
+    sampled = g.add("sample", model=ckpt["model"], positive=pos, negative=neg, latent=latent, seed=0,
+                    steps=8, cfg=4.0, scheduler="dpmpp_2m", schedule="normal")
+    decoded = g.add("vae_decode", vae=ckpt["vae"], latent=sampled)
+    g.add("save_image", node_id="save", images=decoded, prefix="loom")
+    graph = g.build()
+    loom_pixels = _pixels(executor.run(graph).outputs["save"]["files"][0])
+    compat_pixels = _pixels(executor.run(compat).outputs["9"]["files"][0])
+    assert (loom_pixels == compat_pixels).all()
+
+
+def _pixels(path):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path))
+
+
+def test_seed_change_reruns_the_sampler_and_what_follows_only(registry, executor):
+    graph, _ = read("txt2img.api.json", registry)
+    executor.run(graph)
+    explained = executor.explain(graph, {"3.seed": 11})
+    assert explained["3"].reason == "input `seed` changed"
+    assert explained["8"].status == "will run" and "upstream `3`" in explained["8"].reason
+    assert {n for n, e in explained.items() if e.status == "will run"} == {"3", "8", "9"}
+    again = executor.run(graph, {"3.seed": 11})
+    assert set(again.ran) == {"3", "8", "9"} and set(again.cached) == {"4", "5", "6", "7"}
+
+
+def test_params_are_named_by_node_id_and_by_title(registry):
+    graph, _ = read("txt2img.api.json", registry)
+    assert graph.params["3.seed"].node == "3"
+    assert graph.params["Positive.text"].node == "6"
+    assert "KSampler.seed" not in graph.params      # a title equal to the class type names nothing
+    edited = graph.with_params({"Positive.text": "a cat", "5.width": 96})
+    assert edited.nodes["6"].inputs["text"] == "a cat" and edited.nodes["5"].inputs["width"] == 96
