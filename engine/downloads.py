@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
-
-import httpx
 
 from .errors import LoomError
 from .model_files import sha256_of
+
+if TYPE_CHECKING:
+    import httpx
 
 Progress = Callable[[int, "int | None"], None]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -69,6 +71,8 @@ def download(url: str, dest: Path, *, sha256: str | None = None, progress: Progr
              headers: dict[str, str] | None = None, retries: int = 3,
              client: httpx.Client | None = None) -> Downloaded:
     """Fetch `url` into `part_path(dest)`, resuming what an earlier attempt left there."""
+    import httpx
+
     part = part_path(dest)
     part.parent.mkdir(parents=True, exist_ok=True)
     own_client = client is None

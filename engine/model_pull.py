@@ -242,3 +242,21 @@ def _replace(staging: Path, target: Path) -> None:
 
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def pull_command(meta: dict | None, name: str, kind: str) -> str | None:
+    """The `loom models pull ...` that would fetch model `name` (a `kind` model) when a node's
+    meta says where it comes from: ComfyUI's `models` list (`[{name, url, directory}]`, as the
+    editor stores it in a node's properties) or a hub repository (`{"repo": "owner/name"}`)."""
+    meta = meta or {}
+    for model in meta.get("models") or []:
+        if not isinstance(model, dict) or Path(str(model.get("name", ""))).stem != Path(name).stem:
+            continue
+        url = model.get("url")
+        if isinstance(url, str) and is_url(url):
+            folder = model.get("directory") or kind
+            return f"loom models pull {url} --kind {folder}"
+    repo = meta.get("repo")
+    if isinstance(repo, str) and _REPO_ID.match(repo.partition("@")[0]):
+        return f"loom models pull {repo} --kind {kind}"
+    return None

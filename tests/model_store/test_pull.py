@@ -209,3 +209,30 @@ def test_cli_pull_list_verify_rm(hub, tmp_path, capsys):
     assert main(["models", "rm", "loras/style.safetensors", "--yes", *folder]) == 0
     assert not target.exists()
     assert "style.safetensors" not in read_records(models / "loras")
+
+
+def test_pull_command_comes_from_a_nodes_model_list_or_repo():
+    from engine.model_pull import pull_command
+
+    comfy = {"models": [{"name": "v1-5-pruned-emaonly.safetensors", "directory": "checkpoints",
+                         "url": "https://example.org/v1-5-pruned-emaonly.safetensors"}]}
+    assert pull_command(comfy, "v1-5-pruned-emaonly", "checkpoints") == (
+        "loom models pull https://example.org/v1-5-pruned-emaonly.safetensors --kind checkpoints")
+    assert pull_command(comfy, "other.safetensors", "checkpoints") is None
+    assert pull_command({"repo": "owner/sdxl-turbo"}, "sdxl-turbo", "checkpoints") == (
+        "loom models pull owner/sdxl-turbo --kind checkpoints")
+    assert pull_command({"repo": "not a repo"}, "x", "checkpoints") is None
+    assert pull_command(None, "x", "checkpoints") is None
+
+
+def test_validation_names_the_pull_command_for_a_missing_model(tmp_path, capsys):
+    graph = {"loom": 1, "nodes": {
+        "ckpt": {"type": "load_checkpoint", "inputs": {"name": "sdxl-turbo"},
+                 "meta": {"repo": "stabilityai/sdxl-turbo"}},
+        "dec": {"type": "save_image", "inputs": {"images": ["ckpt", "vae"]}}}}
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(graph))
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    assert main(["validate", str(path), "--models-dir", str(models)]) == 2
+    assert "loom models pull stabilityai/sdxl-turbo --kind checkpoints" in capsys.readouterr().err
