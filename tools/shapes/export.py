@@ -13,10 +13,10 @@ from diffusers import StableDiffusionPipeline
 from tools.shapes import model_cards, models, paths, resumable, train
 
 
-def build_pipeline() -> StableDiffusionPipeline:
-    tokenizer, text_encoder, unet = train.load_trained_unet()
-    vae = train.load_vae()
-    vae.register_to_config(scaling_factor=train.load_latents()["scaling_factor"])
+def build_pipeline(recipe: train.Recipe = train.SHAPES) -> StableDiffusionPipeline:
+    tokenizer, text_encoder, unet = train.load_trained_unet(recipe)
+    vae = train.load_vae(recipe)
+    vae.register_to_config(scaling_factor=train.load_latents(recipe)["scaling_factor"])
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -36,19 +36,23 @@ def load_trained_controlnet(unet):
     return controlnet
 
 
+def save_pipeline(pipeline: StableDiffusionPipeline, folder) -> None:
+    pipeline.to(torch.float16)
+    # diffusers loads models in fp32 unless told otherwise, but transformers keeps
+    # the stored dtype: an fp16 text encoder would make a plain from_pretrained()
+    # pipeline feed fp16 embeddings to an fp32 UNet and fail. Kept fp32 (0.5 MB).
+    pipeline.text_encoder.to(torch.float32)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    print(f"pipeline -> {folder}")
+
+
 def main() -> None:
     pipeline = build_pipeline()
     controlnet_trained = resumable.checkpoint_path(
         paths.WORKDIR / "controlnet"
     ).exists()
     controlnet = load_trained_controlnet(pipeline.unet) if controlnet_trained else None
-    pipeline.to(torch.float16)
-    # diffusers loads models in fp32 unless told otherwise, but transformers keeps
-    # the stored dtype: an fp16 text encoder would make a plain from_pretrained()
-    # pipeline feed fp16 embeddings to an fp32 UNet and fail. Kept fp32 (0.5 MB).
-    pipeline.text_encoder.to(torch.float32)
-    pipeline.save_pretrained(paths.CHECKPOINT_DIR, safe_serialization=True)
-    print(f"pipeline -> {paths.CHECKPOINT_DIR}")
+    save_pipeline(pipeline, paths.CHECKPOINT_DIR)
     if controlnet is not None:
         controlnet.to(torch.float16).save_pretrained(
             paths.CONTROLNET_DIR, safe_serialization=True

@@ -53,7 +53,7 @@ model; other sizes are untrained; the same colour for shape and background never
   scaling factor {latents["scaling_factor"]:.4f}.
 - UNet (UNet2DConditionModel 32/64/128, cross-attention 64) and text encoder (CLIPTextModel, width 64,
   2 layers, {MAX_LENGTH} positions) trained jointly on {train.NUM_TRAINING_IMAGES} pre-encoded images:
-  {stage_summary("unet")}, batch {train.UNET_BATCH}, v-prediction, cosine (squaredcos_cap_v2) schedule,
+  {stage_summary("unet")}, batch {train.SHAPES.unet_batch}, v-prediction, cosine (squaredcos_cap_v2) schedule,
   min-SNR weighting (gamma {train.MIN_SNR_GAMMA:g}), {train.CAPTION_DROPOUT:.0%} caption dropout for classifier-free
   guidance; the exported weights are the EMA.
 - Tokenizer: CLIPTokenizer over CLIP's 256 byte symbols plus merges that make every caption word one token.

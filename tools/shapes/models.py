@@ -10,7 +10,6 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from tools.shapes.data import IMAGE_SIZE
-from tools.shapes.tokenizer import MAX_LENGTH
 
 VAE_DOWNSCALE = 4  # two down-sampling stages: 64x64x3 pixels -> 16x16x4 latents
 LATENT_SIZE = IMAGE_SIZE // VAE_DOWNSCALE
@@ -42,7 +41,7 @@ def make_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
         intermediate_size=4 * TEXT_WIDTH,
         num_hidden_layers=2,
         num_attention_heads=4,
-        max_position_embeddings=MAX_LENGTH,
+        max_position_embeddings=tokenizer.model_max_length,
         projection_dim=TEXT_WIDTH,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

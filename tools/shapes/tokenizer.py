@@ -50,7 +50,9 @@ def _bpe(word_symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str
     return symbols
 
 
-def build_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def build_vocab_and_merges(
+    words: list[str] = CAPTION_WORDS,
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     byte_symbols = _byte_symbols()
     tokens = byte_symbols + [s + "</w>" for s in byte_symbols]
     merges: list[tuple[str, str]] = []
@@ -58,7 +60,7 @@ def build_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     # Each word is first run through the merges that already exist and then
     # joined left to right with new ones. New merges rank after all earlier ones,
     # so they can never pre-empt an earlier word's merges: every word stays whole.
-    for word in CAPTION_WORDS:
+    for word in words:
         symbols = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
         while len(symbols) > 1:
             pair = (symbols[0], symbols[1])
@@ -70,11 +72,14 @@ def build_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {token: i for i, token in enumerate(tokens)}, merges
 
 
-def build_tokenizer(workdir: Path) -> CLIPTokenizer:
+def build_tokenizer(
+    workdir: Path, words: list[str] = CAPTION_WORDS, max_length: int = MAX_LENGTH
+) -> CLIPTokenizer:
     """Write vocab.json and merges.txt (CLIP's slow-tokenizer files, kept for
-    inspection) into workdir and return the tokenizer built from them."""
+    inspection) into workdir and return the tokenizer built from them; every word
+    of `words` is one token."""
     workdir.mkdir(parents=True, exist_ok=True)
-    vocab, merges = build_vocab_and_merges()
+    vocab, merges = build_vocab_and_merges(words)
     (workdir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (workdir / "merges.txt").write_text(
         "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
@@ -82,7 +87,7 @@ def build_tokenizer(workdir: Path) -> CLIPTokenizer:
     return CLIPTokenizer(
         vocab=vocab,
         merges=merges,
-        model_max_length=MAX_LENGTH,
+        model_max_length=max_length,
         bos_token=START,
         eos_token=END,
         pad_token=END,

@@ -7,17 +7,27 @@
 
 --steps sets a stage's total steps (the length of its learning-rate schedule).
 Checkpoints live in .train/<stage>/; rerunning a stage continues where it stopped.
+
+The stages know a model's data only through a Recipe (how to draw and caption the
+index-th image, its tokenizer, where its checkpoints live), so other drawn domains
+(tools/avatars) train with the same code.
 """
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from PIL import Image
+from transformers import CLIPTokenizer
 
 from tools.shapes import data, models, paths, resumable
-from tools.shapes.tokenizer import MAX_LENGTH, build_tokenizer
+from tools.shapes.tokenizer import build_tokenizer
 
 SEED = 1234
 NUM_TRAINING_IMAGES = 20_000
@@ -26,9 +36,45 @@ CAPTION_DROPOUT = 0.15
 MIN_SNR_GAMMA = 5.0
 
 
-def draw_batch(generator: torch.Generator, batch_size: int) -> list[data.ShapeSpec]:
+@dataclass(frozen=True)
+class Recipe:
+    """What the stages need to know about one drawn domain."""
+
+    workdir: Path
+    spec_for: Callable[[str, int, int], Any]  # (split, index, seed) -> spec with .caption
+    render: Callable[[Any], Image.Image]
+    build_tokenizer: Callable[[Path], CLIPTokenizer]
+    num_training_images: int = NUM_TRAINING_IMAGES
+    # A trained pipeline folder whose VAE and UNet weights start training instead of
+    # random ones (same architectures; the text encoder's vocabulary differs).
+    init_from: Path | None = None
+    vae_batch: int = 32
+    unet_batch: int = 32
+
+
+SHAPES = Recipe(paths.WORKDIR, data.spec_for, data.render, build_tokenizer)
+
+
+def draw_batch(recipe: Recipe, generator: torch.Generator, batch_size: int) -> list:
     indices = torch.randint(0, 10**9, (batch_size,), generator=generator).tolist()
-    return [data.spec_for("train", index, SEED) for index in indices]
+    return [recipe.spec_for("train", index, SEED) for index in indices]
+
+
+def training_specs(recipe: Recipe) -> list:
+    return [
+        recipe.spec_for("train", index, SEED)
+        for index in range(recipe.num_training_images)
+    ]
+
+
+def load_initial_weights(recipe: Recipe, module, component: str, model_class) -> None:
+    """Start from recipe.init_from's weights when a stage begins from scratch (a
+    resumed stage then overwrites them with its checkpoint)."""
+    if recipe.init_from is not None:
+        trained = model_class.from_pretrained(
+            recipe.init_from, subfolder=component, local_files_only=True
+        )
+        module.load_state_dict(trained.float().state_dict())
 
 
 def pixels(images) -> torch.Tensor:
@@ -37,13 +83,13 @@ def pixels(images) -> torch.Tensor:
 
 # --- VAE ---------------------------------------------------------------------
 
-VAE_BATCH = 32
 VAE_CROP = 32
 VAE_CROP_FRACTION = 0.8  # small crops first converge much faster; full images last
 
 
-def train_vae(args) -> None:
+def train_vae(recipe: Recipe, args) -> None:
     vae = models.make_vae()
+    load_initial_weights(recipe, vae, "vae", AutoencoderKL)
     optimizer = torch.optim.AdamW(
         vae.parameters(), lr=args.lr or 1e-3, weight_decay=0.0
     )
@@ -51,7 +97,9 @@ def train_vae(args) -> None:
 
     def step_fn(step: int) -> float:
         generator = resumable.batch_generator(SEED, step)
-        batch = pixels(data.render(spec) for spec in draw_batch(generator, VAE_BATCH))
+        batch = pixels(
+            recipe.render(spec) for spec in draw_batch(recipe, generator, recipe.vae_batch)
+        )
         if step < VAE_CROP_FRACTION * args.steps:
             top, left = torch.randint(
                 0, data.IMAGE_SIZE - VAE_CROP + 1, (2,), generator=generator
@@ -70,12 +118,12 @@ def train_vae(args) -> None:
         return loss.item()
 
     components = {"vae": vae, "optimizer": optimizer, "schedule": schedule}
-    resumable.run(paths.WORKDIR / "vae", components, step_fn, args.steps, args.minutes)
+    resumable.run(recipe.workdir / "vae", components, step_fn, args.steps, args.minutes)
 
 
-def load_vae():
+def load_vae(recipe: Recipe = SHAPES):
     vae = models.make_vae()
-    vae.load_state_dict(resumable.load_checkpoint(paths.WORKDIR / "vae")["vae"])
+    vae.load_state_dict(resumable.load_checkpoint(recipe.workdir / "vae")["vae"])
     return vae.eval().requires_grad_(False)
 
 
@@ -83,20 +131,20 @@ def load_vae():
 
 
 @torch.no_grad()
-def encode_latents(args) -> None:
+def encode_latents(recipe: Recipe, args) -> None:
     """Encode the training images once: UNet and ControlNet training then never
     run the VAE, which makes their steps several times cheaper."""
-    vae = load_vae()
-    specs = [
-        data.spec_for("train", index, SEED) for index in range(NUM_TRAINING_IMAGES)
-    ]
+    vae = load_vae(recipe)
+    specs = training_specs(recipe)
     means = []
     for start in range(0, len(specs), 256):
-        batch = pixels(data.render(spec) for spec in specs[start : start + 256])
+        batch = pixels(recipe.render(spec) for spec in specs[start : start + 256])
         means.append(vae.encode(batch).latent_dist.mean)
     latents = torch.cat(means)
     scaling_factor = (1.0 / latents.std()).item()
-    psnr = reconstruction_psnr(vae, specs[:256])
+    psnr = reconstruction_psnr(
+        vae, [recipe.render(recipe.spec_for("eval", i, SEED)) for i in range(256)]
+    )
     torch.save(
         {
             "latents": latents,
@@ -104,28 +152,25 @@ def encode_latents(args) -> None:
             "captions": [spec.caption for spec in specs],
             "psnr": psnr,
         },
-        paths.WORKDIR / "latents.pt",
+        recipe.workdir / "latents.pt",
     )
     print(
         f"{len(specs)} latents, scaling factor {scaling_factor:.4f}, reconstruction PSNR {psnr:.2f} dB"
     )
 
 
-def reconstruction_psnr(vae, specs) -> float:
-    batch = pixels(data.render(spec) for spec in specs)
+def reconstruction_psnr(vae, images: list[Image.Image]) -> float:
+    batch = pixels(images)
     reconstruction = vae.decode(vae.encode(batch).latent_dist.mean).sample.clamp(-1, 1)
     mse = F.mse_loss((reconstruction + 1) / 2, (batch + 1) / 2).item()
     return float(10 * np.log10(1 / mse))
 
 
-def load_latents() -> dict:
-    return torch.load(paths.WORKDIR / "latents.pt")
+def load_latents(recipe: Recipe = SHAPES) -> dict:
+    return torch.load(recipe.workdir / "latents.pt")
 
 
 # --- UNet + text encoder --------------------------------------------------------
-
-UNET_BATCH = 32
-
 
 def noise_schedule() -> DDPMScheduler:
     return DDPMScheduler(
@@ -139,7 +184,7 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     padded = tokenizer(
         captions,
         padding="max_length",
-        max_length=MAX_LENGTH,
+        max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     )
@@ -179,12 +224,13 @@ def noisy_batch(generator, latents, caption_ids, empty_ids, scheduler, batch_siz
     )
 
 
-def train_unet(args) -> None:
-    tokenizer = build_tokenizer(paths.WORKDIR / "tokenizer")
+def train_unet(recipe: Recipe, args) -> None:
+    tokenizer = recipe.build_tokenizer(recipe.workdir / "tokenizer")
     text_encoder = models.make_text_encoder(tokenizer)
     unet = models.make_unet()
+    load_initial_weights(recipe, unet, "unet", UNet2DConditionModel)
     scheduler = noise_schedule()
-    stored = load_latents()
+    stored = load_latents(recipe)
     latents = stored["latents"] * stored["scaling_factor"]
     caption_ids = tokenize(tokenizer, stored["captions"])
     empty_ids = tokenize(tokenizer, [""])[0]
@@ -198,7 +244,7 @@ def train_unet(args) -> None:
     def step_fn(step: int) -> float:
         generator = resumable.batch_generator(SEED, step)
         _, clean, ids, noise, timesteps, noisy = noisy_batch(
-            generator, latents, caption_ids, empty_ids, scheduler, UNET_BATCH
+            generator, latents, caption_ids, empty_ids, scheduler, recipe.unet_batch
         )
         prediction = unet(noisy, timesteps, text_encoder(ids).last_hidden_state).sample
         loss = diffusion_loss(prediction, clean, noise, timesteps, scheduler)
@@ -219,13 +265,13 @@ def train_unet(args) -> None:
         "unet_ema": unet_ema,
         "text_encoder_ema": text_ema,
     }
-    resumable.run(paths.WORKDIR / "unet", components, step_fn, args.steps, args.minutes)
+    resumable.run(recipe.workdir / "unet", components, step_fn, args.steps, args.minutes)
 
 
-def load_trained_unet():
+def load_trained_unet(recipe: Recipe = SHAPES):
     """The EMA weights of the UNet and text encoder, plus their tokenizer."""
-    tokenizer = build_tokenizer(paths.WORKDIR / "tokenizer")
-    saved = resumable.load_checkpoint(paths.WORKDIR / "unet")
+    tokenizer = recipe.build_tokenizer(recipe.workdir / "tokenizer")
+    saved = resumable.load_checkpoint(recipe.workdir / "unet")
     unet, text_encoder = models.make_unet(), models.make_text_encoder(tokenizer)
     unet.load_state_dict(saved["unet_ema"]["averaged"])
     text_encoder.load_state_dict(saved["text_encoder_ema"]["averaged"])
@@ -237,28 +283,26 @@ def load_trained_unet():
 CONTROLNET_BATCH = 32
 
 
-def edge_maps(specs: list[data.ShapeSpec]) -> torch.Tensor:
+def edge_maps(recipe: Recipe, specs: list) -> torch.Tensor:
     """Edge maps in [0, 1], the range ControlNet pipelines feed conditioning in."""
     edges = [
-        np.asarray(data.canny_edges(data.render(spec)), dtype=np.float32) / 255
+        np.asarray(data.canny_edges(recipe.render(spec)), dtype=np.float32) / 255
         for spec in specs
     ]
     return torch.from_numpy(np.stack(edges).transpose(0, 3, 1, 2))
 
 
-def train_controlnet(args) -> None:
-    tokenizer, text_encoder, unet = load_trained_unet()
+def train_controlnet(recipe: Recipe, args) -> None:
+    tokenizer, text_encoder, unet = load_trained_unet(recipe)
     text_encoder.requires_grad_(False)
     unet.requires_grad_(False)
     controlnet = models.make_controlnet(unet)
     scheduler = noise_schedule()
-    stored = load_latents()
+    stored = load_latents(recipe)
     latents = stored["latents"] * stored["scaling_factor"]
     caption_ids = tokenize(tokenizer, stored["captions"])
     empty_ids = tokenize(tokenizer, [""])[0]
-    specs = [
-        data.spec_for("train", index, SEED) for index in range(NUM_TRAINING_IMAGES)
-    ]
+    specs = training_specs(recipe)
 
     optimizer = torch.optim.AdamW(
         controlnet.parameters(), lr=args.lr or 8e-4, weight_decay=0.01
@@ -277,7 +321,7 @@ def train_controlnet(args) -> None:
             noisy,
             timesteps,
             text,
-            controlnet_cond=edge_maps([specs[i] for i in indices.tolist()]),
+            controlnet_cond=edge_maps(recipe, [specs[i] for i in indices.tolist()]),
             return_dict=False,
         )
         prediction = unet(
@@ -303,7 +347,7 @@ def train_controlnet(args) -> None:
         "controlnet_ema": ema,
     }
     resumable.run(
-        paths.WORKDIR / "controlnet", components, step_fn, args.steps, args.minutes
+        recipe.workdir / "controlnet", components, step_fn, args.steps, args.minutes
     )
 
 
@@ -315,9 +359,9 @@ STAGES = {
 }
 
 
-def main() -> None:
+def main(recipe: Recipe = SHAPES, description: str = __doc__) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument(
@@ -335,8 +379,8 @@ def main() -> None:
     args.steps = args.steps or default_steps
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)  # model initialisation; batches have their own generators
-    paths.WORKDIR.mkdir(exist_ok=True)
-    train(args)
+    recipe.workdir.mkdir(parents=True, exist_ok=True)
+    train(recipe, args)
 
 
 if __name__ == "__main__":
