@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 from .documents import DocumentReader, DocumentWriter
 from .node import NodeSpec, spec_of
+from .serialize import allow_types
 
 ENTRY_POINT_GROUP = "loom.nodes"
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Registry:
             raise ValueError(f"node type '{spec.type}' is registered twice "
                              f"({existing.fn.__module__} and {spec.fn.__module__})")
         self._specs[spec.type] = spec
+        allow_types(*(i.annotation for i in spec.inputs.values()), *spec.outputs.values())
         return spec
 
     def load_module(self, module: types.ModuleType | str) -> list[NodeSpec]:

@@ -4,12 +4,17 @@ Supported: JSON-like values, tuples, bytes, torch tensors (any dtype, stored wit
 and shape, read back on the CPU), numpy arrays, PIL images, dataclasses and pydantic
 models whose fields are supported. Anything else (a loaded model, an open file) raises
 `Unpersistable` and is simply not written: its node re-creates it from its inputs.
+
+Reading builds only classes node packs declared (the port types of registered nodes and
+the dataclass / pydantic types their fields name): a cache file that names any other
+class is a miss, so a planted file can never make the decoder construct arbitrary objects.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
 import sys
+import typing
 from typing import Any
 
 import msgpack
@@ -26,9 +31,52 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+_PERSISTABLE: set[str] = set()   # qualified names of the classes the decoder may build
+
+
+def allow_types(*annotations: Any) -> None:
+    """Let the decoder rebuild the dataclasses and pydantic models these annotations name,
+    and those their fields name in turn (called for every registered node's ports)."""
+    pending = list(annotations)
+    while pending:
+        tp = pending.pop()
+        args = typing.get_args(tp)
+        if args:
+            pending.extend(args)
+            continue
+        if not isinstance(tp, type):
+            continue
+        is_dataclass = dataclasses.is_dataclass(tp)
+        is_model = hasattr(tp, "model_fields") and hasattr(tp, "model_validate")
+        if not (is_dataclass or is_model) or _qualified(tp) in _PERSISTABLE:
+            continue
+        _PERSISTABLE.add(_qualified(tp))
+        pending.extend(_field_types(tp))
+
+
+def _field_types(cls: type) -> list[Any]:
+    """The field annotations of a dataclass or pydantic model that can be resolved; names
+    imported only for type checkers (torch under TYPE_CHECKING) are skipped one by one."""
+    if hasattr(cls, "model_fields"):
+        return [f.annotation for f in cls.model_fields.values()]
+    namespace = vars(sys.modules.get(cls.__module__, typing))
+    found = []
+    for f in dataclasses.fields(cls):
+        tp = f.type
+        if isinstance(tp, str):
+            try:
+                tp = eval(tp, dict(namespace))  # noqa: S307 - the class's own annotation text
+            except Exception:  # noqa: BLE001
+                continue
+        found.append(tp)
+    return found
+
+
 def _resolve_class(name: str) -> type:
-    # Only classes from modules already imported (the loaded node packs) are rebuilt,
-    # so a cache file can never make us import code.
+    # Only declared classes from modules already imported (the loaded node packs) are
+    # rebuilt, so a cache file can never make us import code or build anything else.
+    if name not in _PERSISTABLE:
+        raise ValueError(f"class {name} is not a port type of a registered node")
     module_name, _, qualname = name.partition(":")
     obj: Any = sys.modules.get(module_name)
     if obj is None:

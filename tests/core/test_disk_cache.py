@@ -1,6 +1,6 @@
 """The disk tier: what one process computes, the next reuses; corruption is a miss, never a crash."""
 import dataclasses
-import os
+import sqlite3
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from PIL import Image
 
 from engine import Cache, DiskCache, Executor, MemoryCache
 from engine.explain import RunHistory
-from engine.serialize import Unpersistable, pack, unpack
+from engine.serialize import Unpersistable, allow_types, pack, unpack
 
 from .helpers import chain
 
@@ -37,6 +37,7 @@ def test_arrays_images_dataclasses_and_tuples_round_trip():
     image = Image.new("RGB", (7, 5), (10, 20, 30))
     palette = Image.new("P", (4, 4))
     holder = Holder(torch.ones(2), "x", {"k": (1, 2)})
+    allow_types(Holder)                    # as registering a node with this port type does
     back = unpack(pack({"a": array, "i": image, "p": palette, "h": holder, "t": (1, "b")}))
     assert np.array_equal(back["a"], array) and back["a"].dtype == array.dtype
     assert back["i"].tobytes() == image.tobytes() and back["p"].mode == "P"
@@ -52,34 +53,80 @@ def test_models_and_other_objects_are_not_persisted(tmp_path):
     assert not disk.contains("k" * 32)
 
 
-def test_corrupt_and_truncated_entries_are_dropped(tmp_path):
+def stored_blob(disk, key):
+    return sqlite3.connect(disk.folder / "index.sqlite").execute(
+        "SELECT blob FROM entries WHERE key = ?", (key,)).fetchone()[0]
+
+
+def damage_entry(disk, key, damage):
+    """Corrupt a stored entry in place, wherever it lives (packed in the index or a file)."""
+    blob = stored_blob(disk, key)
+    if blob is None:
+        path = disk._path(key)
+        path.write_bytes(damage(path.read_bytes()))
+    else:
+        with sqlite3.connect(disk.folder / "index.sqlite") as db:
+            db.execute("UPDATE entries SET blob = ? WHERE key = ?", (damage(blob), key))
+
+
+@pytest.mark.parametrize("value", [list(range(100)), b"x" * 200_000], ids=["packed", "file"])
+def test_corrupt_and_truncated_entries_are_dropped(tmp_path, value):
     disk = DiskCache(tmp_path)
     for key, damage in [("a" * 32, lambda b: b[:-3]), ("b" * 32, lambda b: b[:10] + b"X" + b[11:]),
                         ("c" * 32, lambda b: b"garbage")]:
-        disk.put(key, {"value": list(range(100))})
-        path = disk._path(key)
-        path.write_bytes(damage(path.read_bytes()))
+        disk.put(key, {"value": value})
+        damage_entry(disk, key, damage)
         assert disk.get(key) is None
-        assert not path.exists()
+        assert not disk.contains(key) and not disk._path(key).exists()
 
 
-def test_budget_evicts_least_recently_used(tmp_path):
+def set_last_use(disk, key, when):
+    with sqlite3.connect(disk.folder / "index.sqlite") as db:
+        db.execute("UPDATE entries SET used = ? WHERE key = ?", (when, key))
+
+
+def test_budget_evicts_least_recently_used_down_to_the_low_water_mark(tmp_path):
     disk = DiskCache(tmp_path, budget_bytes=4000)
     for i in range(4):
         disk.put(f"{i:032d}", {"v": b"x" * 900})
-        os.utime(disk._path(f"{i:032d}"), (i, i))  # distinct, ordered use times
+        set_last_use(disk, f"{i:032d}", i)          # distinct, ordered use times
     disk.get(f"{0:032d}")                           # touch the oldest: now most recent
     disk.put("f" * 32, {"v": b"x" * 900})
     info = disk.info()
-    assert info["bytes"] <= 4000 and info["entries"] == 4
-    assert disk.contains(f"{0:032d}") and not disk.contains(f"{1:032d}")
+    assert info["bytes"] <= 4000 * 0.8 and info["entries"] == 3      # one pass, to the low-water mark
+    assert disk.contains(f"{0:032d}") and disk.contains("f" * 32)
+    assert not disk.contains(f"{1:032d}") and not disk.contains(f"{2:032d}")
 
 
-def test_no_temporary_files_left_behind(tmp_path):
+def test_small_results_are_packed_and_large_ones_are_files(tmp_path):
     disk = DiskCache(tmp_path)
-    disk.put("d" * 32, {"v": 1})
-    assert [p.name for p in (tmp_path / "entries").rglob("*")
-            if p.is_file()] == ["d" * 32]
+    disk.put("d" * 32, {"value": 1})
+    disk.put("e" * 32, {"value": torch.zeros(100_000)})
+    assert disk.info()["bytes"] < 100 + 400_000
+    assert stored_blob(disk, "d" * 32) is not None and not disk._path("d" * 32).exists()
+    files = [p.name for p in (tmp_path / "entries").rglob("*") if p.is_file()]
+    assert files == ["e" * 32]                      # no temporary files left behind
+    assert disk.get("d" * 32) == {"value": 1} and torch.equal(disk.get("e" * 32)["value"], torch.zeros(100_000))
+    assert DiskCache(tmp_path).info()["bytes"] == disk.info()["bytes"]   # a new process agrees
+
+
+def test_an_int_result_costs_a_few_dozen_bytes(tmp_path):
+    disk = DiskCache(tmp_path)
+    disk.put("d" * 32, {"value": 12345})
+    assert disk.info()["bytes"] < 64
+
+
+@dataclasses.dataclass
+class Unregistered:
+    command: str
+
+
+def test_the_decoder_builds_only_registered_port_types(tmp_path):
+    disk = DiskCache(tmp_path)
+    assert disk.put("a" * 32, {"value": Unregistered("rm -rf /")})  # written ...
+    assert disk.get("a" * 32) is None                                # ... but never rebuilt
+    with pytest.raises(ValueError, match="not a port type"):
+        unpack(pack({"value": Unregistered("x")}))
 
 
 def fresh_executor(registry, folder):
@@ -105,8 +152,7 @@ def test_corrupt_upstream_entry_is_recomputed(registry, tmp_path):
     g.set("n3", "b", 7)
     ex = fresh_executor(registry, tmp_path)
     plan = ex.plan(g.build())
-    n2 = ex.cache.disk._path(plan.key("n2"))
-    n2.write_bytes(b"LOOMC001" + b"\0" * 40)
+    damage_entry(ex.cache.disk, plan.key("n2"), lambda b: b"LOOMC001" + b"\0" * 40)
     result = ex.run(g.build())
     assert result.outputs["out"]["value"] == 10.0
     assert result.ran == ["n2", "n3", "out"] and result.cached == ["n1"]
