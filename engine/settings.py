@@ -15,13 +15,25 @@ from typing import Any
 RESULT_NEUTRAL_OPTIONS = frozenset({"cpu_offload", "attention_slicing"})
 
 
+def default_models_dirs() -> list[Path]:
+    """Where models are found when nothing else is configured: the project's own `models/`
+    folder (beside the package, wherever the command runs), or, for an install without one,
+    `models/` in the user's data folder."""
+    project = Path(__file__).resolve().parents[1] / "models"
+    if project.is_dir():
+        return [project]
+    from .config import user_data_dir
+
+    return [user_data_dir() / "models"]
+
+
 @dataclass
 class Settings:
     device: str = "cpu"
     dtype: str = "float32"
     output_dir: Path = Path("output")
     input_dir: Path = Path("input")
-    models_dirs: list[Path] = field(default_factory=lambda: [Path("models")])
+    models_dirs: list[Path] = field(default_factory=default_models_dirs)
     extra_model_paths: Path | None = None
     allow_pickle: bool = False
     digest_memo_dir: Path | None = None   # where file digests are remembered across processes

@@ -31,7 +31,7 @@ def statuses(report):
 def test_run_then_rerun_then_edit(capsys, cache_dir):
     code, first = run_json(capsys, ARITHMETIC, "--cache-dir", cache_dir)
     assert code == 0 and first["status"] == "succeeded"
-    assert first["outputs"] == {"result": {"value": "14.0"}}
+    assert first["outputs"] == {"result": {"value": 14.0}}   # numbers stay numbers
     _, second = run_json(capsys, ARITHMETIC, "--cache-dir", cache_dir)
     assert statuses(second) == {"result": "cached"}
     _, edited = run_json(capsys, ARITHMETIC, "--cache-dir", cache_dir, "--set", "factor=5")
@@ -115,7 +115,7 @@ def test_run_a_png_that_carries_its_graph(capsys, tmp_path):
     png = tmp_path / "made.png"
     Image.new("RGB", (4, 4)).save(png, pnginfo=info)
     code, report = run_json(capsys, str(png), "--cache-dir", str(tmp_path / "c"))
-    assert code == 0 and report["outputs"]["result"]["value"] == "14.0"
+    assert code == 0 and report["outputs"]["result"]["value"] == 14.0
     plain = tmp_path / "plain.png"
     Image.new("RGB", (4, 4)).save(plain)
     assert main(["run", str(plain)]) == 2
