@@ -132,33 +132,53 @@ def _params(nodes: dict[str, dict]) -> dict[str, dict]:
 # -- Loom -> API --------------------------------------------------------------------------
 
 def export_api_prompt(graph: Graph, registry: Registry | None = None) -> dict:
-    """The graph as a ComfyUI API prompt. Every node must be a ComfyUI class type (a node of
-    this pack); GraphError names each node that is not."""
+    """The graph as a ComfyUI API prompt. Every node must be a ComfyUI class type or a Loom node
+    with a ComfyUI counterpart (load_checkpoint, encode_text, sample, ...) used the way that
+    class type can express; GraphError names every node and input that is not."""
+    from .counterparts import COUNTERPARTS, NoCounterpart, comfy_literals
+
     registry = registry if registry is not None else Registry.default()
     problems = []
     prompt: dict[str, dict] = {}
+
+    def bad(message: str, node: str, input: str | None = None, hint: str | None = None) -> None:
+        problems.append(Problem(message, node=node, input=input, hint=hint, file=graph.source))
+
     for node_id, entry in graph.nodes.items():
         spec = registry.get(entry.type)
-        if spec is None or not spec.category.startswith(COMFY_CATEGORY):
-            problems.append(Problem(f"'{entry.type}' has no ComfyUI counterpart", node=node_id,
-                                    file=graph.source, hint="only graphs of ComfyUI class types "
-                                                            "(the comfy node pack) export to comfy-api"))
+        counterpart = COUNTERPARTS.get(entry.type)
+        if spec is not None and spec.category.startswith(COMFY_CATEGORY):
+            class_type, renames = entry.type, None
+            literals = {k: v for k, v in entry.inputs.items() if not isinstance(v, Link)}
+        elif counterpart is not None:
+            class_type, renames = counterpart.class_type, counterpart.inputs
+            try:
+                literals = comfy_literals(counterpart, {k: v for k, v in entry.inputs.items()
+                                                        if not isinstance(v, Link)})
+            except NoCounterpart as exc:
+                bad(str(exc), node_id, exc.input)
+                continue
+        else:
+            bad(f"'{entry.type}' has no ComfyUI counterpart", node_id,
+                hint="ComfyUI class types (the comfy node pack) and Loom's loaders, encode_text, "
+                     "empty_latent, sample, vae_decode/encode, load/save_image export to comfy-api")
             continue
-        inputs: dict[str, Any] = {}
+        inputs: dict[str, Any] = {k: {"__value__": v} if isinstance(v, list) else v for k, v in literals.items()}
         for name, value in entry.inputs.items():
-            if isinstance(value, Link):
-                upstream = registry.get(graph.nodes[value.node].type) if value.node in graph.nodes else None
-                outputs = list(upstream.outputs) if upstream else []
-                if value.output not in outputs:
-                    problems.append(Problem(f"links to unknown output '{value.output}' of '{value.node}'",
-                                            node=node_id, input=name, file=graph.source))
-                    continue
-                inputs[name] = [value.node, outputs.index(value.output)]
-            elif isinstance(value, list):
-                inputs[name] = {"__value__": value}
-            else:
-                inputs[name] = value
-        node: dict[str, Any] = {"inputs": inputs, "class_type": entry.type}
+            if not isinstance(value, Link):
+                continue
+            if renames is not None and name not in renames:
+                bad(f"a linked '{name}' has no ComfyUI counterpart", node_id, name)
+                continue
+            if renames is not None and renames[name] is None:
+                continue
+            index = _output_index(graph, registry, value)
+            if index is None:
+                bad(f"links to output '{value.output}' of '{value.node}', which has no ComfyUI output",
+                    node_id, name)
+                continue
+            inputs[renames[name] if renames is not None else name] = [value.node, index]
+        node: dict[str, Any] = {"inputs": inputs, "class_type": class_type}
         title = (entry.meta or {}).get("title")
         if isinstance(title, str):
             node["_meta"] = {"title": title}
@@ -166,6 +186,23 @@ def export_api_prompt(graph: Graph, registry: Registry | None = None) -> dict:
     if problems:
         raise GraphError(problems)
     return prompt
+
+
+def _output_index(graph: Graph, registry: Registry, link: Link) -> int | None:
+    """ComfyUI's index of a Loom link's output (through the counterpart for a Loom node)."""
+    from .counterparts import COUNTERPARTS
+
+    upstream = graph.nodes.get(link.node)
+    if upstream is None:
+        return None
+    output = link.output
+    if upstream.type in COUNTERPARTS:
+        output = COUNTERPARTS[upstream.type].outputs.get(output)
+        spec = registry.get(COUNTERPARTS[upstream.type].class_type)
+    else:
+        spec = registry.get(upstream.type)
+    outputs = list(spec.outputs) if spec is not None else []
+    return outputs.index(output) if output in outputs else None
 
 
 # -- Loom problems -> ComfyUI's per-node errors ------------------------------------------------

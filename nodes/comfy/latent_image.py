@@ -12,6 +12,7 @@ from pydantic import Field
 
 from engine.context import Context
 from engine.errors import NodeInputError
+from engine.limits import Limit
 from engine.node import node
 from engine.types import file_input
 
@@ -23,7 +24,7 @@ from .vocabulary import SAMPLERS, SCHEDULES, SamplerName, SchedulerName
 
 MAX_RESOLUTION = 16384
 Seed = Annotated[int, Field(ge=0, le=2**64 - 1)]
-Steps = Annotated[int, Field(ge=1, le=10000)]
+Steps = Annotated[int, Field(ge=1, le=10000), Limit("steps")]
 Cfg = Annotated[float, Field(ge=0, le=100)]
 LatentMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
 ImageMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
@@ -32,9 +33,11 @@ ImageMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 # -- latents --------------------------------------------------------------------------------
 
 @node("EmptyLatentImage", category="comfy/latent", output="LATENT")
-def empty_latent_image(width: Annotated[int, Field(ge=16, le=MAX_RESOLUTION, multiple_of=8)] = 512,
-                       height: Annotated[int, Field(ge=16, le=MAX_RESOLUTION, multiple_of=8)] = 512,
-                       batch_size: Annotated[int, Field(ge=1, le=4096)] = 1) -> Latent:
+def empty_latent_image(width: Annotated[int, Field(ge=16, le=MAX_RESOLUTION, multiple_of=8),
+                                         Limit("width"), Limit("pixels")] = 512,
+                       height: Annotated[int, Field(ge=16, le=MAX_RESOLUTION, multiple_of=8),
+                                         Limit("height"), Limit("pixels")] = 512,
+                       batch_size: Annotated[int, Field(ge=1, le=4096), Limit("batch")] = 1) -> Latent:
     """An empty latent for a width x height image; the sampler gives it the shape its model needs."""
     import torch
 
@@ -96,8 +99,10 @@ def _center_crop(t, aspect: float, dims: tuple[int, int]):
 
 @node("LatentUpscale", category="comfy/latent", output="LATENT")
 def latent_upscale(samples: Latent, upscale_method: LatentMethod = "nearest-exact",
-                   width: Annotated[int, Field(ge=0, le=MAX_RESOLUTION, multiple_of=8)] = 512,
-                   height: Annotated[int, Field(ge=0, le=MAX_RESOLUTION, multiple_of=8)] = 512,
+                   width: Annotated[int, Field(ge=0, le=MAX_RESOLUTION, multiple_of=8),
+                                    Limit("width"), Limit("pixels")] = 512,
+                   height: Annotated[int, Field(ge=0, le=MAX_RESOLUTION, multiple_of=8),
+                                     Limit("height"), Limit("pixels")] = 512,
                    crop: Literal["disabled", "center"] = "disabled") -> Latent:
     """Resize latents to width x height pixels (0 keeps the aspect ratio)."""
     scale = latent_scale(samples)
@@ -312,8 +317,9 @@ def _resized(image: Image, width: int, height: int, method: str, crop: str) -> I
 
 @node("ImageScale", category="comfy/image", output="IMAGE")
 def image_scale(image: Image, upscale_method: ImageMethod = "nearest-exact",
-                width: Annotated[int, Field(ge=0, le=MAX_RESOLUTION)] = 512,
-                height: Annotated[int, Field(ge=0, le=MAX_RESOLUTION)] = 512,
+                width: Annotated[int, Field(ge=0, le=MAX_RESOLUTION), Limit("width"), Limit("pixels")] = 512,
+                height: Annotated[int, Field(ge=0, le=MAX_RESOLUTION), Limit("height"),
+                                  Limit("pixels")] = 512,
                 crop: Literal["disabled", "center"] = "disabled") -> Image:
     """Resize to width x height (0 keeps the aspect ratio)."""
     return _resized(image, width, height, upscale_method, crop)

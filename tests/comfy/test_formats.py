@@ -225,3 +225,28 @@ def test_validation_problems_become_comfyui_node_errors(registry):
     assert errors["3"]["class_type"] == "KSampler"
     inputs = {e["extra_info"]["input_name"] for e in errors["3"]["errors"]}
     assert inputs == {"steps", "positive"}
+
+
+@given(steps=st.integers(1, 200), denoise=st.floats(0.001, 1.0))
+def test_loom_denoise_exports_as_the_ksampler_settings_that_run_the_same_steps(steps, denoise):
+    from nodes.comfy.counterparts import COUNTERPARTS, comfy_literals
+
+    run = min(int(steps * denoise), steps)
+    if run == 0:
+        return
+    literals = comfy_literals(COUNTERPARTS["sample"], {"steps": steps, "denoise": denoise, "schedule": "karras"})
+    assert literals["steps"] == run                                   # KSampler runs `steps` steps ...
+    assert int(literals["steps"] / literals["denoise"]) == steps       # ... at the end of this schedule
+
+
+def test_a_loom_node_without_counterpart_or_setting_is_named_on_export(registry):
+    from engine import GraphBuilder
+
+    g = GraphBuilder()
+    ckpt = g.add("load_checkpoint", name="shapes-tiny")
+    pos = g.add("encode_text", text_encoder=ckpt["text_encoder"], text="x", clip_skip=1)
+    g.add("sample", model=ckpt["model"], positive=pos, latent=g.add("empty_latent", vae=ckpt["vae"]))
+    with pytest.raises(GraphError) as info:
+        export_api_prompt(g.build(), registry)
+    located = {(p.node, p.input) for p in info.value.problems}
+    assert ("encode_text_1", "clip_skip") in located and ("sample_1", "schedule") in located

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from engine import Executor, GraphError
+from engine import GraphError
 from engine.documents import Document, read_document
 
 from .conftest import GOLDEN, WORKFLOWS
@@ -67,23 +67,40 @@ def test_subgraphs_are_refused_clearly(registry):
     assert "subgraph 'Upscaler'" in str(info.value) and "unpack" in str(info.value)
 
 
-def test_compat_run_gives_the_pixels_of_the_hand_written_loom_graph(registry, executor):
+def hand_written_txt2img(steps: int = 8, denoise: float = 1.0):
+    """The txt2img workflow's job as a Loom graph of Loom's own nodes."""
     from engine import GraphBuilder
 
-    compat, _ = read("txt2img.api.json", registry)
     g = GraphBuilder()
     ckpt = g.add("load_checkpoint", name="shapes-tiny")
     pos = g.add("encode_text", text_encoder=ckpt["text_encoder"], text="a red circle on a blue background")
     neg = g.add("encode_text", text_encoder=ckpt["text_encoder"], text="")
     latent = g.add("empty_latent", vae=ckpt["vae"], width=64, height=64, batch=1)
     sampled = g.add("sample", model=ckpt["model"], positive=pos, negative=neg, latent=latent, seed=0,
-                    steps=8, cfg=4.0, scheduler="dpmpp_2m", schedule="normal")
+                    steps=steps, cfg=4.0, scheduler="dpmpp_2m", schedule="normal", denoise=denoise)
     decoded = g.add("vae_decode", vae=ckpt["vae"], latent=sampled)
     g.add("save_image", node_id="save", images=decoded, prefix="loom")
-    graph = g.build()
-    loom_pixels = _pixels(executor.run(graph).outputs["save"]["files"][0])
+    return g.build()
+
+
+def test_compat_run_gives_the_pixels_of_the_hand_written_loom_graph(registry, executor):
+    compat, _ = read("txt2img.api.json", registry)
+    loom_pixels = _pixels(executor.run(hand_written_txt2img()).outputs["save"]["files"][0])
     compat_pixels = _pixels(executor.run(compat).outputs["9"]["files"][0])
     assert (loom_pixels == compat_pixels).all()
+
+
+def test_a_loom_graph_exported_to_comfyui_and_read_back_gives_the_same_pixels(registry, executor):
+    from engine import Graph
+    from nodes.comfy import export_api_prompt, read_api_prompt
+
+    loom = hand_written_txt2img(steps=6, denoise=1.0)
+    prompt = export_api_prompt(loom, registry)
+    assert prompt["sample_1"]["class_type"] == "KSampler" and prompt["sample_1"]["inputs"]["scheduler"] == "normal"
+    back = Graph.from_dict(read_api_prompt(prompt, registry)[0])
+    assert {e.type for e in back.nodes.values()} >= {"CheckpointLoaderSimple", "KSampler", "SaveImage"}
+    assert (_pixels(executor.run(loom).outputs["save"]["files"][0])
+            == _pixels(executor.run(back).outputs["save"]["files"][0])).all()
 
 
 def _pixels(path):
