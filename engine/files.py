@@ -6,6 +6,21 @@ import tempfile
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)   # the only portable way to read it is to set it and put it back;
+    os.umask(mask)           # done once at import, before any thread creates files
+    return mask
+
+
+UMASK = _read_umask()
+
+
+def as_created_by_open(tmp: str | Path) -> None:
+    """Give a file made by `tempfile.mkstemp` (always 0600) the permissions `open()` would
+    have given it: 0666 less the umask, 0644 under the usual 022."""
+    os.chmod(tmp, 0o666 & ~UMASK)
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
     """Write `data` to a temporary file beside `path`, then rename it into place.
 
@@ -15,6 +30,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
+        as_created_by_open(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if durable:

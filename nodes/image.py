@@ -18,6 +18,7 @@ from pydantic import Field
 
 from engine.context import Context
 from engine.errors import NodeInputError
+from engine.files import as_created_by_open
 from engine.models import file_digest
 from engine.node import node
 from engine.paths import UnsafePath, contained
@@ -123,6 +124,7 @@ def write_png_unique(folder: Path, stem: str, pil, pnginfo) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".loom-", suffix=".png", dir=folder)
     try:
+        as_created_by_open(tmp)
         with os.fdopen(fd, "wb") as f:
             pil.save(f, format="PNG", pnginfo=pnginfo)
         existing = [p.name for p in folder.glob(f"{stem}_*.png")]
