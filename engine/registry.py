@@ -13,6 +13,7 @@ import importlib
 import logging
 import types
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .documents import DocumentReader, DocumentWriter
@@ -28,6 +29,7 @@ class Registry:
         self._specs: dict[str, NodeSpec] = {}
         self._readers: dict[str, DocumentReader] = {}
         self._writers: dict[str, DocumentWriter] = {}
+        self._model_detectors: list[Callable[[Path, str], str | None]] = []
         for spec in specs:
             self.register(spec)
 
@@ -76,6 +78,18 @@ class Registry:
 
     def writer(self, format: str) -> DocumentWriter | None:
         return self._writers.get(format)
+
+    def register_model_detector(self, detect: Callable[[Path, str], str | None]) -> None:
+        """`detect(path, kind)` names the model family of a file or folder in the models
+        folders (e.g. "sdxl"), or None; `loom models list` asks each pack in turn."""
+        self._model_detectors.append(detect)
+
+    def detect_model_family(self, path: Path, kind: str) -> str | None:
+        for detect in self._model_detectors:
+            found = detect(path, kind)
+            if found:
+                return found
+        return None
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         for ep in entry_points(group=group):

@@ -9,7 +9,9 @@ Endpoints (all JSON; every one but /healthz needs the token when one is set):
     GET  /v1/runs/{id}/outputs/{name}  download an output file of that run
     WS   /v1/events[?run=ID]           the engine's events as they happen
     GET  /v1/nodes                     node catalogue with JSON Schemas
-    GET  /v1/models                    models folder contents by kind
+    GET  /v1/models                    models folder contents: kind, family, size, format
+    POST /v1/models/pull               download a model (token required even on loopback)
+    GET  /v1/models/pulls/{id}         a pull's progress or result
     POST /v1/uploads                   upload an image for load-image nodes
     GET  /healthz                      liveness, no token needed
 """
@@ -35,8 +37,9 @@ from .config import ServerConfig
 from .errors import new_error_id
 from .events import EventHub
 from .files import UploadRejected, output_content_type
-from .schemas import (ErrorView, Health, ModelList, NodeCatalogue, Problems, RunList, RunSummary,
-                      RunView, SubmitRequest, Submitted, Uploaded)
+from .model_pulls import AlreadyPulling, ModelPulls, NoModelsFolder
+from .schemas import (ErrorView, Health, ModelList, NodeCatalogue, Problems, PullRequest,
+                      PullStatus, RunList, RunSummary, RunView, SubmitRequest, Submitted, Uploaded)
 from .security import WS_BEARER_PREFIX, Guard
 from .service import RunService, problems_of
 from .store import FINAL, STATUSES, IdempotencyConflict
@@ -254,8 +257,37 @@ def create_app(config: ServerConfig, service: RunService, hub: EventHub,
 
     @app.get("/v1/models", response_model=ModelList)
     def models():
-        """What the models folders hold, by kind (checkpoints, loras, ...)."""
-        return ModelList(models=service.models())
+        """What the models folders hold: names by kind, and each model's family, size, format."""
+        names, entries = service.models()
+        return ModelList(models=names, entries=entries)
+
+    pulls = ModelPulls(service.settings.models_dirs, service.settings.allow_pickle, hub.publish)
+
+    @app.post("/v1/models/pull", status_code=202, response_model=PullStatus,
+              responses={403: {"model": ErrorView}, 409: {"model": ErrorView}})
+    def pull_model(request: PullRequest):
+        """Download a model (hub repository or URL) into the first models folder; progress
+        arrives as `model_pull` events on /v1/events. Needs the token, even on loopback."""
+        if config.token is None:
+            return error(403, "token_required", "model pulls change what every client's runs "
+                         "load: start the server with --token to allow them")
+        try:
+            return PullStatus(**pulls.start(request.source, request.kind, request.variant,
+                                            request.sha256))
+        except AlreadyPulling as exc:
+            return error(409, "already_pulling", f"{request.source} is already being pulled",
+                         pull=exc.pull_id)
+        except NoModelsFolder as exc:
+            return error(409, "no_models_folder", str(exc))
+
+    @app.get("/v1/models/pulls/{pull_id}", response_model=PullStatus,
+             responses={404: {"model": ErrorView}})
+    def pull_status(pull_id: str):
+        """One pull: running, installed or failed (with the reason)."""
+        status = pulls.get(pull_id)
+        if status is None:
+            return error(404, "not_found", f"no pull {pull_id!r}")
+        return PullStatus(**status)
 
     @app.post("/v1/uploads", status_code=201, response_model=Uploaded,
               responses={413: {"model": ErrorView}, 415: {"model": ErrorView}})

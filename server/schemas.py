@@ -108,8 +108,38 @@ class NodeCatalogue(BaseModel):
     nodes: list[dict[str, Any]] = Field(description="one JSON Schema description per node type")
 
 
+class ModelInfo(BaseModel):
+    name: str
+    kind: str = Field(description="the models folder it is in: checkpoints, loras, ...")
+    family: str | None = Field(description="sd1, sd2, sdxl, sd3, flux ... read from its keys or configs")
+    size: int = Field(description="bytes of weights")
+    format: str = Field(description="diffusers, safetensors, gguf or pickle")
+    sha256: str | None = Field(description="SHA-256 recorded when Loom installed it (single files)")
+    source: str | None = Field(description="where it was pulled from, if Loom pulled it")
+
+
 class ModelList(BaseModel):
     models: dict[str, list[str]] = Field(description="model kind (folder) -> names")
+    entries: list[ModelInfo] = Field(description="every model with its kind, family, size, format")
+
+
+class PullRequest(BaseModel):
+    source: str = Field(description="a hub repository id (owner/name[@revision]) or an http(s) URL")
+    kind: str | None = Field(default=None, description="models folder; default from the repository")
+    variant: str | None = Field(default=None, description="weights variant, e.g. fp16")
+    sha256: str | None = Field(default=None, description="expected SHA-256 of a URL's file")
+
+
+class PullStatus(BaseModel):
+    id: str
+    source: str
+    status: str = Field(description="running, installed or failed")
+    done: int = Field(description="bytes received so far (URL pulls)")
+    total: int | None = None
+    kind: str | None = None
+    name: str | None = None
+    message: str | None = None
+    already_installed: bool | None = None
 
 
 class Uploaded(BaseModel):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import Executor, Graph, GraphError, Problem
+from engine.model_inventory import Inventory
 from engine.models import ModelPaths
 
 from .config import ServerConfig
@@ -114,9 +115,12 @@ class RunService:
             self._input_rules = input_rules_of(self.catalogue())
         return self._input_rules
 
-    def models(self) -> dict[str, list[str]]:
+    def models(self) -> tuple[dict[str, list[str]], list[dict]]:
+        """Names by kind, and every model with its kind, family, size and format."""
         paths = ModelPaths(self.settings.models_dirs, self.settings.extra_model_paths)
-        return {kind: paths.list(kind) for kind in paths.kinds()}
+        inventory = Inventory(paths, detect_family=self.executor.registry.detect_model_family)
+        entries = [e.to_dict() for e in inventory.entries()]
+        return {kind: paths.list(kind) for kind in paths.kinds()}, entries
 
     def upload_image(self, data: bytes) -> StoredImage:
         return store_uploaded_image(data, Path(self.settings.input_dir),
