@@ -236,3 +236,24 @@ def test_validation_names_the_pull_command_for_a_missing_model(tmp_path, capsys)
     (models / "checkpoints").mkdir(parents=True)
     assert main(["validate", str(path), "--models-dir", str(models)]) == 2
     assert "loom models pull stabilityai/sdxl-turbo --kind checkpoints" in capsys.readouterr().err
+
+
+def test_list_and_verify_the_shipped_models_and_a_corrupted_copy(tmp_path, capsys):
+    shipped = Path(__file__).resolve().parents[2] / "models"
+    assert main(["models", "list", "--json", "--models-dir", str(shipped)]) == 0
+    listed = {(e["kind"], e["name"]): e for e in json.loads(capsys.readouterr().out)}
+    assert listed[("checkpoints", "shapes-tiny")]["family"] == "sd1"
+    assert listed[("checkpoints", "sdxl-tiny-base")]["family"] == "sdxl"
+    assert listed[("checkpoints", "shapes-tiny")]["format"] == "diffusers"
+    assert listed[("checkpoints", "shapes-tiny")]["size"] > 1 << 20
+    assert main(["models", "verify", "--models-dir", str(shipped)]) == 0
+
+    import shutil
+    copy = tmp_path / "models" / "checkpoints" / "shapes-tiny"
+    shutil.copytree(SHAPES, copy)
+    unet = copy / UNET
+    unet.write_bytes(unet.read_bytes()[:-4096])
+    capsys.readouterr()
+    assert main(["models", "verify", "shapes-tiny", "--models-dir", str(tmp_path / "models")]) == 1
+    report = capsys.readouterr().out
+    assert "truncated" in report and "diffusion_pytorch_model.safetensors" in report
