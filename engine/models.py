@@ -35,18 +35,23 @@ class ModelPaths:
         return [d / kind for d in self.models_dirs] + self.extra.get(kind, [])
 
     def resolve(self, kind: str, name: str) -> Path:
-        """The file or diffusers folder called `name` (suffix optional) under a `kind` folder."""
+        """The file or diffusers folder called `name` (suffix optional) under a `kind` folder.
+        Names as workflows from other tools write them also resolve: sub-folders separated by
+        `\\`, and a file name (`sd15.safetensors`) for a diffusers folder of that stem."""
         searched = []
+        name = name.replace("\\", "/")
+        stem, suffix = os.path.splitext(name)
+        as_folder = [stem] if suffix in MODEL_SUFFIXES else []
         for folder in self.folders(kind):
             searched.append(str(folder))
             if not folder.is_dir():
                 continue
-            for candidate in [name, *(name + s for s in MODEL_SUFFIXES)]:
+            for candidate in [name, *(name + s for s in MODEL_SUFFIXES), *as_folder]:
                 try:
                     path = contained(folder, candidate)
                 except UnsafePath as exc:
                     raise ModelNotFound(f"model name {name!r} refused: {exc}") from None
-                if path.exists():
+                if path.is_dir() if candidate in as_folder else path.exists():
                     return path
         available = ", ".join(self.list(kind)) or "none"
         raise ModelNotFound(f"no {kind} model named {name!r} (searched {', '.join(searched)}; "

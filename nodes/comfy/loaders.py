@@ -1,20 +1,19 @@
 """ComfyUI's loader and model-patching class types, over Loom's loaders.
 
-Model names are taken as workflows write them: with or without the file extension, with
-sub-folders written with / or \\. A name that resolves nowhere is a validation problem
-naming the node, the input and the models that are available.
+Model names are taken as workflows write them (with or without the file extension, with
+sub-folders written with / or \\: Loom's models folders resolve both). A name that resolves
+nowhere is a problem naming the node, the input and the models that are available, reported
+before anything runs.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field
 
 from engine.context import Context
 from engine.errors import NodeInputError
-from engine.models import MODEL_SUFFIXES
 from engine.node import node
 from engine.settings import Settings
 from engine.types import model_name
@@ -22,30 +21,14 @@ from engine.types import model_name
 from .._common import fingerprint_model, refuse_pickle, resolve_model
 from ..control_types import ControlNet, UpscaleModel
 from ..types import DiffusionModel, LoraSpec, TextEncoder, Vae
-from .vocabulary import model_file_name
-
-
-def loom_model_name(settings_or_ctx, kind: str, name: str, input_name: str) -> str:
-    """The name Loom's models folders know `name` by (NodeInputError naming the input if none)."""
-    name = model_file_name(name)
-    try:
-        resolve_model(settings_or_ctx, kind, name, input_name)
-        return name
-    except NodeInputError as missing:
-        stem, suffix = os.path.splitext(name)
-        if suffix in MODEL_SUFFIXES:   # a diffusers folder written as the file ComfyUI would list
-            try:
-                resolve_model(settings_or_ctx, kind, stem, input_name)
-                return stem
-            except NodeInputError:
-                pass
-        raise missing
 
 
 def _model_fingerprint(kind: str, input_name: str):
+    """The model file's digest; a name no models folder holds is a problem for this input, with
+    what is available, before anything runs."""
     def fingerprint(*, settings: Settings, **literals) -> str:
-        name = loom_model_name(settings, kind, literals[input_name], input_name)
-        return fingerprint_model(settings, kind, name)
+        resolve_model(settings, kind, literals[input_name], input_name)
+        return fingerprint_model(settings, kind, literals[input_name])
     return fingerprint
 
 
@@ -61,8 +44,7 @@ def checkpoint_loader_simple(ctx: Context, ckpt_name: model_name("checkpoints"))
     """Load a checkpoint (Loom's load_checkpoint): MODEL, CLIP, VAE."""
     from ..loaders import load_checkpoint_handles
 
-    return CheckpointOutputs(*load_checkpoint_handles(
-        ctx, loom_model_name(ctx, "checkpoints", ckpt_name, "ckpt_name")))
+    return CheckpointOutputs(*load_checkpoint_handles(ctx, ckpt_name))
 
 
 @node("CheckpointLoader", category="comfy/loaders",
@@ -79,7 +61,7 @@ def vae_loader(ctx: Context, vae_name: model_name("vae")) -> Vae:
     file (SD 1.x layout; SDXL's when its name says xl)."""
     from .._common import torch_dtype
 
-    path = resolve_model(ctx, "vae", loom_model_name(ctx, "vae", vae_name, "vae_name"), "vae_name")
+    path = resolve_model(ctx, "vae", vae_name, "vae_name")
     refuse_pickle(ctx.settings, path, "vae_name")
     device, dtype = ctx.settings.device, torch_dtype(ctx.settings)
     identity = f"{fingerprint_model(ctx.settings, 'vae', str(path.name))}|{device}|{dtype}"
@@ -115,8 +97,7 @@ def lora_loader(ctx: Context, model: DiffusionModel, clip: TextEncoder, lora_nam
     """Apply a LoRA to the model and the text encoder (Loom's load_lora)."""
     from ..loaders import load_lora
 
-    return LoraOutputs(*load_lora(ctx, model, clip, loom_model_name(ctx, "loras", lora_name, "lora_name"),
-                                  strength_model, strength_clip))
+    return LoraOutputs(*load_lora(ctx, model, clip, lora_name, strength_model, strength_clip))
 
 
 @node("LoraLoaderModelOnly", category="comfy/loaders", output="MODEL",
@@ -127,10 +108,9 @@ def lora_loader_model_only(ctx: Context, model: DiffusionModel, lora_name: model
     from ..lora import check_lora
     from engine.models import file_digest
 
-    name = loom_model_name(ctx, "loras", lora_name, "lora_name")
-    path = resolve_model(ctx, "loras", name, "lora_name")
+    path = resolve_model(ctx, "loras", lora_name, "lora_name")
     refuse_pickle(ctx.settings, path, "lora_name")
-    spec = LoraSpec(name=name, path=str(path), digest=file_digest(path), strength_model=strength_model,
+    spec = LoraSpec(name=lora_name, path=str(path), digest=file_digest(path), strength_model=strength_model,
                     strength_clip=0.0)
     check_lora(ctx, spec)
     return model.with_patch(loras=[spec])
@@ -164,7 +144,7 @@ def controlnet_loader(ctx: Context, control_net_name: model_name("controlnet")) 
     """Load a ControlNet (Loom's load_controlnet)."""
     from ..control import load_controlnet
 
-    return load_controlnet(ctx, loom_model_name(ctx, "controlnet", control_net_name, "control_net_name"))
+    return load_controlnet(ctx, control_net_name)
 
 
 @node("UpscaleModelLoader", category="comfy/loaders", output="UPSCALE_MODEL",
@@ -173,4 +153,4 @@ def upscale_model_loader(ctx: Context, model_name: model_name("upscale_models"))
     """Load an image upscaler (Loom's load_upscale_model)."""
     from ..upscale import load_upscale_model
 
-    return load_upscale_model(ctx, loom_model_name(ctx, "upscale_models", model_name, "model_name"))
+    return load_upscale_model(ctx, model_name)

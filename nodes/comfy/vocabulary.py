@@ -60,7 +60,3 @@ REFUSED: dict[str, str] = {
 UI_ONLY = {"Note", "MarkdownNote"}          # editor annotations: never part of a prompt
 SEED_WIDGETS = {"seed", "noise_seed"}       # followed by "control after generate" in UI files
 
-
-def model_file_name(name: str) -> str:
-    """A model name as Loom's folders know it: ComfyUI writes sub-folders with \\ on Windows."""
-    return name.replace("\\", "/")
