@@ -221,7 +221,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_params(args) -> int:
-    from .describe import graph_params
+    from .describe import graph_params, param_lines
     from .registry import Registry
 
     rows = graph_params(load_graph(args.graph), Registry.default())
@@ -231,12 +231,7 @@ def cmd_params(args) -> int:
     if not rows:
         out.print("this graph declares no params")
         return EXIT_OK
-    from rich.table import Table
-
-    table = Table("param", "sets", "type", "value", "allowed")
-    for row in rows:
-        table.add_row(row["name"], row["target"], row["type"], json.dumps(row["value"]), row["allowed"])
-    out.print(table, highlight=False)
+    sys.stdout.write("".join(line + "\n" for line in param_lines(rows)))
     return EXIT_OK
 
 

@@ -57,9 +57,11 @@ def allowed(schema: dict) -> str:
                       ("exclusiveMaximum", "<")):
         if key in schema:
             bounds.append(f"{sign} {_number(schema[key])}")
+    if schema.get("minLength") == 1:
+        bounds.append("not empty")
     for key, what in (("minLength", "at least {} characters"), ("maxLength", "at most {} characters"),
                       ("minItems", "at least {} items"), ("maxItems", "at most {} items")):
-        if key in schema:
+        if key in schema and not (key == "minLength" and schema[key] == 1):
             bounds.append(what.format(schema[key]))
     if "x-loom-model" in schema:
         bounds.append(f"a model in models/{schema['x-loom-model']}")
@@ -130,7 +132,7 @@ def graph_params(graph: Graph, registry: Registry) -> list[dict]:
         prop = spec.json_schema()["inputs"]["properties"].get(param.input, {}) if item else {}
         rows.append({"name": name, "target": f"{param.node}.{param.input}",
                      "type": type_name(item.annotation) if item else "unknown",
-                     "value": _jsonable(value), "allowed": allowed(prop)})
+                     "value": _jsonable(value), "allowed": "" if "enum" in prop else allowed(prop)})
     return rows
 
 
@@ -140,3 +142,15 @@ def _jsonable(value: Any) -> Any:
         return value
     except TypeError:
         return str(value)
+
+
+def param_lines(rows: list[dict], width: int = 80) -> list[str]:
+    """`loom params` as text: per param, what it sets and its value, then its type and range."""
+    name_w = max(len(row["name"]) for row in rows)
+    lines = []
+    for row in rows:
+        lines.append(f"{row['name']:<{name_w}}  {row['target']} = {json.dumps(row['value'])}")
+        facts = row["type"] + (f"; {row['allowed']}" if row["allowed"] else "")
+        indent = " " * (name_w + 4)
+        lines += textwrap.wrap(facts, width, initial_indent=indent, subsequent_indent=indent)
+    return lines
