@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     import torch
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
-FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
 
 
 class CheckpointOutputs(NamedTuple):
@@ -64,59 +63,45 @@ def single_file_keys(path: Path, settings: Settings) -> dict[str, tuple]:
 
 
 def detect_family(keys: dict[str, tuple]) -> tuple[str, bool]:
-    """("sd1" | "sd2" | "sdxl" | "sdxl_refiner", inpainting?) from original-layout keys."""
-    def has(prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in keys)
+    """(family name, inpainting?) of a single file, from its keys (see nodes/families)."""
+    from .families import FamilyError, detect_keys
 
-    if not has("model.diffusion_model."):
-        family = None
-    elif has("conditioner.embedders.1.model."):
-        family = "sdxl"
-    elif has("conditioner.embedders.0.model."):
-        family = "sdxl_refiner"
-    elif has("cond_stage_model.model."):
-        family = "sd2"
-    elif has("cond_stage_model.transformer."):
-        family = "sd1"
-    else:
-        family = None
-    if family is None:
-        raise NodeInputError("name", "unknown checkpoint family: expected a Stable Diffusion 1.x, "
-                                     "2.x or SDXL checkpoint in the original key layout "
-                                     "(model.diffusion_model.* with cond_stage_model.* or "
-                                     "conditioner.embedders.*)")
+    try:
+        fam = detect_keys(keys)
+    except FamilyError as exc:
+        raise NodeInputError("name", str(exc)) from None
     conv_in = keys.get("model.diffusion_model.input_blocks.0.0.weight")
-    return family, bool(conv_in and len(conv_in) > 1 and conv_in[1] == 9)
+    return fam.name, bool(conv_in and len(conv_in) > 1 and conv_in[1] == 9)
 
 
 def _folder_family(folder: Path) -> str:
-    index = json.loads((folder / "model_index.json").read_text())
-    has_te, has_te2 = bool(index.get("text_encoder", [None])[0]), bool(index.get("text_encoder_2", [None])[0])
-    if has_te2:
-        return "sdxl" if has_te else "sdxl_refiner"
-    if not has_te:
-        raise NodeInputError("name", f"{folder.name}: unknown checkpoint family (model_index.json "
-                                     f"names no text encoder; class {index.get('_class_name')})")
-    te = json.loads((folder / "text_encoder" / "config.json").read_text())
-    return "sd2" if te.get("hidden_size") == 1024 else "sd1"
+    from .families import FamilyError, detect_folder
+
+    try:
+        return detect_folder(folder).name
+    except FamilyError as exc:
+        raise NodeInputError("name", str(exc)) from None
 
 
-CONFIG_FOR_FAMILY = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl-base", "sdxl_refiner": "sdxl-refiner"}
-"""Shipped config folder per detected family. SD 2.x 768-v and 2.x-base checkpoints have the same
-keys; 'auto' picks the 768 v-prediction one (2.1), config="sd2-base" names the other."""
+def config_folder_name(family_name: str, inpainting: bool, keys: dict[str, tuple] | None = None) -> str:
+    """The shipped config folder for a single file of this family (nodes/configs/<name>)."""
+    from .families import family
+
+    name = family(family_name).config_name(inpainting, keys)
+    if name is None:
+        raise NodeInputError("config", f"no shipped config for {family(family_name).label} single files; "
+                                       "name a config folder with the config input")
+    return name
 
 
-def config_folder_name(family: str, inpainting: bool) -> str:
-    return CONFIG_FOR_FAMILY[family] + ("-inpainting" if inpainting else "")
-
-
-def _config_folder(ctx: Context, config: str, family: str, inpainting: bool) -> Path:
+def _config_folder(ctx: Context, config: str, family: str, inpainting: bool,
+                   keys: dict[str, tuple] | None = None) -> Path:
     if config != "auto":
         local = CONFIGS_DIR / config
         if (local / "model_index.json").is_file():
             return local
         return resolve_model(ctx, "configs", config, "config")
-    name = config_folder_name(family, inpainting)
+    name = config_folder_name(family, inpainting, keys)
     folder = CONFIGS_DIR / name
     if not (folder / "model_index.json").is_file():
         have = sorted(p.parent.name for p in CONFIGS_DIR.glob("*/model_index.json"))
@@ -153,50 +138,68 @@ def _config_tokenizers(config_dir: Path) -> dict:
 # loading
 # ---------------------------------------------------------------------------
 
-def _pipeline_class(family: str, inpainting: bool):
+def _load_components(path: Path, family_name: str, inpainting: bool, config_dir: Path | None,
+                     dtype: torch.dtype) -> dict:
+    """Denoiser ("unet"), vae, tokenizers, text encoders and the scheduler config of one checkpoint (CPU)."""
     import diffusers
 
-    if family == "sdxl":
-        return diffusers.StableDiffusionXLInpaintPipeline if inpainting else diffusers.StableDiffusionXLPipeline
-    if family == "sdxl_refiner":
-        return diffusers.StableDiffusionXLImg2ImgPipeline
-    return diffusers.StableDiffusionInpaintPipeline if inpainting else diffusers.StableDiffusionPipeline
+    from .families import family
 
-
-def _load_components(path: Path, family: str, config_dir: Path | None, dtype: torch.dtype) -> dict:
-    """unet, vae, tokenizers, text encoders and the scheduler config of one checkpoint (CPU)."""
-    import diffusers
-    import transformers
-
+    fam = family(family_name)
     if config_dir is None:  # a diffusers folder: load each component, no pipeline needed
+        subfolder, denoiser_class = fam.denoiser
         kw = dict(local_files_only=True, torch_dtype=dtype)
         comps = {
-            "unet": diffusers.UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
+            "unet": getattr(diffusers, denoiser_class).from_pretrained(path, subfolder=subfolder, **kw),
             "vae": diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),
             "scheduler_config": dict(diffusers.DDIMScheduler.load_config(path, subfolder="scheduler",
                                                                            local_files_only=True)),
-            "tokenizers": [], "encoders": [],
+            "tokenizers": [], "encoders": [], "roles": [],
         }
-        if family != "sdxl_refiner":
-            comps["tokenizers"].append(transformers.CLIPTokenizer.from_pretrained(
-                path, subfolder="tokenizer", local_files_only=True))
-            comps["encoders"].append(transformers.CLIPTextModel.from_pretrained(
-                path, subfolder="text_encoder", **kw))
-        if family in ("sdxl", "sdxl_refiner"):
-            comps["tokenizers"].append(transformers.CLIPTokenizer.from_pretrained(
-                path, subfolder="tokenizer_2", local_files_only=True))
-            comps["encoders"].append(transformers.CLIPTextModelWithProjection.from_pretrained(
-                path, subfolder="text_encoder_2", **kw))
+        for slot in fam.text:
+            if not (path / slot.encoder).is_dir():
+                continue  # a component the folder leaves out (SD3 without T5): conditioning pads for it
+            comps["tokenizers"].append(load_tokenizer(path / slot.tokenizer, slot))
+            comps["encoders"].append(load_text_model(path / slot.encoder, slot, dtype))
+            comps["roles"].append(slot.role)
         return comps
-    inpainting = family.endswith("-inpainting")
-    family = family.removesuffix("-inpainting")
-    pipe = _pipeline_class(family, inpainting).from_single_file(
+    pipe = fam.pipeline_class(inpainting).from_single_file(
         str(path), config=str(config_dir), local_files_only=True, torch_dtype=dtype,
         **_config_tokenizers(config_dir))
-    tokenizers = [t for t in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)) if t is not None]
-    encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if e is not None]
-    return {"unet": pipe.unet, "vae": pipe.vae, "scheduler_config": dict(pipe.scheduler.config),
-            "tokenizers": tokenizers, "encoders": encoders}
+    comps = {"unet": getattr(pipe, fam.denoiser[0]), "vae": pipe.vae,
+             "scheduler_config": dict(pipe.scheduler.config), "tokenizers": [], "encoders": [], "roles": []}
+    for slot in fam.text:
+        encoder = getattr(pipe, slot.encoder, None)
+        if encoder is not None:
+            comps["tokenizers"].append(getattr(pipe, slot.tokenizer))
+            comps["encoders"].append(encoder)
+            comps["roles"].append(slot.role)
+    return comps
+
+
+def load_tokenizer(folder: Path, slot):
+    """The tokenizer a slot of a diffusers folder holds; a clear error when its files are missing
+    (a T5 tokenizer needs tokenizer.json, or spiece.model with the sentencepiece package)."""
+    import transformers
+
+    cls = getattr(transformers, slot.tokenizer_class)
+    if slot.tokenizer_class.startswith("T5"):
+        if (folder / "tokenizer.json").is_file():
+            return transformers.T5TokenizerFast.from_pretrained(folder, local_files_only=True)
+        if not (folder / "spiece.model").is_file():
+            raise NodeInputError("name", f"no T5 tokenizer in {folder}: it needs tokenizer.json (or spiece.model) "
+                                         f"from the model's {folder.name}/ folder")
+    try:
+        return cls.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, ImportError) as exc:
+        raise NodeInputError("name", f"cannot read the {slot.role} tokenizer in {folder}: {exc}") from None
+
+
+def load_text_model(folder: Path, slot, dtype: torch.dtype):
+    import transformers
+
+    return getattr(transformers, slot.encoder_class).from_pretrained(folder, local_files_only=True,
+                                                                      torch_dtype=dtype)
 
 
 def load_checkpoint_handles(ctx: Context, name: str, config: str = "auto") -> CheckpointOutputs:
@@ -209,13 +212,14 @@ def load_checkpoint_handles(ctx: Context, name: str, config: str = "auto") -> Ch
                                          "(not a diffusers checkpoint)")
         family, inpainting, config_dir = _folder_family(path), None, None
     else:
-        family, inpainting = detect_family(single_file_keys(path, ctx.settings))
-        config_dir = _config_folder(ctx, config, family, inpainting)
+        keys = single_file_keys(path, ctx.settings)
+        family, inpainting = detect_family(keys)
+        config_dir = _config_folder(ctx, config, family, inpainting, keys)
     digest = file_digest(path)
     identity = f"{digest}|{config_dir.name if config_dir else ''}|{device}|{dtype}"
 
     def load() -> dict:
-        comps = _load_components(path, family + ("-inpainting" if inpainting else ""), config_dir, dtype)
+        comps = _load_components(path, family, bool(inpainting), config_dir, dtype)
         for module in (comps["unet"], comps["vae"], *comps["encoders"]):
             module.eval().requires_grad_(False)
             if not ctx.settings.options.get("cpu_offload"):
@@ -228,7 +232,7 @@ def load_checkpoint_handles(ctx: Context, name: str, config: str = "auto") -> Ch
                            latent_scale=vae.scale_factor, identity=f"unet:{identity}",
                            device=device, dtype=dtype)
     text_encoder = TextEncoder(comps["tokenizers"], comps["encoders"], family,
-                               identity=f"te:{identity}", device=device, dtype=dtype)
+                               identity=f"te:{identity}", device=device, dtype=dtype, roles=comps["roles"])
     return CheckpointOutputs(model, text_encoder, vae)
 
 

@@ -26,9 +26,11 @@ def _adapter_name(spec: LoraSpec) -> str:
 
 def _state_dict(ctx: Context | None, spec: LoraSpec, family: str) -> tuple[dict, Any]:
     """The LoRA in diffusers' key layout (kohya / A1111 files are converted by diffusers)."""
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+    import diffusers.loaders
 
-    loader = StableDiffusionXLLoraLoaderMixin if family.startswith("sdxl") else StableDiffusionLoraLoaderMixin
+    from .families import family as family_of
+
+    loader = getattr(diffusers.loaders, family_of(family).lora_loader)
 
     def load():
         state, alphas = loader.lora_state_dict(spec.path)
@@ -86,7 +88,9 @@ def activate_text_encoders(te: TextEncoder) -> None:
 
     with _lock:
         active = [s for s in te.loras if s.strength_clip != 0]
-        prefixes = ("text_encoder_2",) if te.family == "sdxl_refiner" else _TE_PREFIXES
+        from .families import family
+
+        prefixes = [slot.encoder for slot in family(te.family).text]
         for prefix, encoder in zip(prefixes, te.encoders):
             for spec in active:
                 name = _adapter_name(spec)

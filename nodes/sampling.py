@@ -27,6 +27,7 @@ from engine.limits import Limit
 from engine.node import node
 
 from ._common import no_grad, on_device, option, seeded_noise
+from .families import family
 from .lora import activate_unet
 from .text import pad_tokens
 from .types import Conditioning, DiffusionModel, Latent, StepInfo
@@ -208,13 +209,28 @@ def attention_slicing(ctx: Context, unet):
                 module.set_processor(processor)
 
 
-@no_grad
 def run_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning, latent: Latent,
+                negative: Conditioning | None = None, *args: Any, guidance: float | None = None,
+                **kwargs: Any) -> Latent:
+    """The sampler (what the `sample` node runs), callable from other nodes and tests: the model
+    family's own denoising loop (nodes/families) with the arguments of `run_unet_sampler`, plus
+    `guidance` for guidance-distilled families (FLUX dev)."""
+    fam = family(model.family)
+    if guidance is not None:
+        if fam.guidance != "distilled":
+            raise NodeInputError("guidance", f"{fam.label} takes no distilled guidance value; "
+                                             "cfg sets its classifier-free guidance")
+        kwargs["guidance"] = guidance
+    return fam.function("sampler")(ctx, model, positive, latent, negative, *args, **kwargs)
+
+
+@no_grad
+def run_unet_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning, latent: Latent,
             negative: Conditioning | None = None, seed: int = 0, steps: int = 20, cfg: float = 7.0,
             scheduler: str = "dpmpp_2m", karras: bool = False, denoise: float = 1.0,
             start_step: int = 0, end_step: int = 10000, add_noise: bool = True,
             schedule: str = "default") -> Latent:
-    """The sampler (what the `sample` node runs), callable from other nodes and tests."""
+    """The denoising loop of the UNet families (SD 1.x, 2.x, SDXL)."""
     import torch
     unet, device = model.unet, model.device
     dtype = unet.dtype
@@ -335,7 +351,10 @@ def sample(ctx: Context, model: DiffusionModel, positive: Conditioning, latent: 
            start_step: Annotated[int, Field(ge=0, le=10000)] = 0,
            end_step: Annotated[int, Field(ge=1, le=10000)] = 10000,
            add_noise: bool = True,
-           schedule: SigmaSchedule = "default") -> Latent:
+           schedule: SigmaSchedule = "default",
+           guidance: Annotated[float | None, Field(ge=0, le=100, description=(
+               "distilled guidance of a guidance-distilled model (FLUX dev), empty: its default; "
+               "there cfg > 1 with a negative prompt adds true CFG"))] = None) -> Latent:
     """Denoise a latent. Empty latent: text-to-image; encoded image with denoise < 1:
     image-to-image; latent with a noise mask: inpainting. Noise for batch item i comes from
     seed + i. start_step/end_step run part of the schedule, for handing a latent from a base
@@ -343,4 +362,4 @@ def sample(ctx: Context, model: DiffusionModel, positive: Conditioning, latent: 
     guidance uses zero embeddings. `schedule` spreads the steps over the noise levels (the
     scheduler's default, karras, exponential, beta, normal, simple, sgm_uniform, ddim_uniform)."""
     return run_sampler(ctx, model, positive, latent, negative, seed, steps, cfg, scheduler, karras,
-                   denoise, start_step, end_step, add_noise, schedule)
+                   denoise, start_step, end_step, add_noise, schedule, guidance=guidance)

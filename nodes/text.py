@@ -18,6 +18,7 @@ from engine.context import Context
 from engine.node import node
 
 from ._common import no_grad
+from .families import family
 from .lora import activate_text_encoders
 from .types import Conditioning, TextEncoder
 
@@ -117,7 +118,7 @@ def encode_prompt(te: TextEncoder, text: str) -> tuple[torch.Tensor, torch.Tenso
     """(embeds [1, T, D], pooled [1, P] or None, pad chunk [1, L, D] or None) for one prompt."""
     import torch
     activate_text_encoders(te)
-    sdxl = te.family.startswith("sdxl")
+    sdxl = family(te.family).clip_layer == "penultimate"
     fragments = parse_weights(text)
     per_encoder, pooled, pad = [], None, []
     for tokenizer, encoder in zip(te.tokenizers, te.encoders):
@@ -150,11 +151,11 @@ ClipSkip = Annotated[int, Field(ge=0, le=24, description="layers to skip from th
 @node("encode_text", category="conditioning", version=1)
 def encode_text(ctx: Context, text_encoder: TextEncoder, text: str, clip_skip: ClipSkip = 0) -> Conditioning:
     """Encode a prompt with the checkpoint's text encoder(s). Supports `(word:1.3)` weights and
-    prompts longer than the encoder's context (encoded in chunks). For SDXL this uses both
-    encoders with default micro-conditioning (the sampled image size). clip_skip takes the
-    prompt from an earlier layer, as diffusers' pipelines' `clip_skip` does."""
-    from ._common import on_device
-
+    prompts longer than the encoder's context (encoded in chunks). The model family decides how
+    its encoders form the conditioning: SDXL uses both CLIPs with default micro-conditioning
+    (the sampled image size); SD3 uses CLIP-L, CLIP-G and T5-XXL (pooled + sequence); FLUX
+    uses CLIP-L's pooled embedding and T5-XXL's tokens. clip_skip takes the prompt from an
+    earlier layer, as diffusers' pipelines' `clip_skip` does."""
     if clip_skip:
         layers = min(e.config.num_hidden_layers for e in text_encoder.encoders)
         if clip_skip >= layers:
@@ -162,6 +163,14 @@ def encode_text(ctx: Context, text_encoder: TextEncoder, text: str, clip_skip: C
             raise NodeInputError("clip_skip", f"clip_skip {clip_skip} skips every layer of a "
                                               f"{layers}-layer text encoder")
         text_encoder = text_encoder.with_patch(clip_skip=clip_skip)
+    return family(text_encoder.family).function("encode")(ctx, text_encoder, text)
+
+
+def encode_clip(ctx: Context, text_encoder: TextEncoder, text: str) -> Conditioning:
+    """CLIP conditioning of the UNet families: each encoder's hidden states side by side, SDXL's
+    pooled embeddings from the last one."""
+    from ._common import on_device
+
     with on_device(ctx, *text_encoder.encoders):
         embeds, pooled, pad = encode_prompt(text_encoder, text)
     return Conditioning(_to_cpu(embeds), _to_cpu(pooled), _to_cpu(pad), family=text_encoder.family, text=text)
@@ -182,7 +191,7 @@ def encode_text_sdxl(ctx: Context, text_encoder: TextEncoder, text: str,
     coordinates, and the refiner's aesthetic score; clip_skip as in encode_text."""
     from engine.errors import NodeInputError
 
-    if not text_encoder.family.startswith("sdxl"):
+    if not family(text_encoder.family).micro_conditioning:
         raise NodeInputError("text_encoder", f"encode_text_sdxl needs an SDXL text encoder, got {text_encoder.family}")
     cond = encode_text(ctx, text_encoder, text, clip_skip)
     return cond.replace(

@@ -218,7 +218,9 @@ class UNetHook(Protocol):
 class DiffusionModel(_PortType):
     """A denoising UNet with what the sampler needs to drive it.
 
-    family            "sd1", "sd2", "sdxl", "sdxl_refiner" or "tiny" (a small model of SD layout)
+    unet              the denoiser: a UNet, or the transformer of SD3 / FLUX
+    family            the model family's name (nodes/families: "sd1", "sd2", "sdxl", "sdxl_refiner",
+                      "sd3", "flux"); nodes ask the family how to encode, sample and decode
     scheduler_config  the checkpoint's scheduler config (prediction_type, betas, ...)
     latent_scale      pixels per latent pixel, from the checkpoint's VAE config (for SDXL
                       micro-conditioning and size checks)
@@ -258,10 +260,11 @@ class DiffusionModel(_PortType):
 
 @dataclass(eq=False)
 class TextEncoder(_PortType):
-    """Tokenizer(s) and text encoder(s) of a checkpoint: one for SD 1.x/2.x, two for SDXL.
-
-    For SDXL base: encoders = [CLIPTextModel, CLIPTextModelWithProjection]; the refiner has
-    only the second. `pad_cache` memoises the encoding of an empty chunk per LoRA setup.
+    """Tokenizer(s) and text encoder(s) of a checkpoint, in the order of the family's text slots
+    (nodes/families): one for SD 1.x/2.x, CLIP-L + bigG for SDXL (the refiner has only bigG),
+    CLIP-L + CLIP-G + T5-XXL for SD3, CLIP-L + T5-XXL for FLUX. `roles` names each encoder
+    (clip_l, clip_g, t5xxl, ...); a slot a checkpoint leaves out (SD3 without T5) is absent.
+    `pad_cache` memoises the encoding of an empty chunk per LoRA setup.
     """
 
     tokenizers: list[Any]
@@ -273,6 +276,14 @@ class TextEncoder(_PortType):
     loras: list[LoraSpec] = field(default_factory=list)
     clip_skip: int = 0
     pad_cache: dict = field(default_factory=dict, repr=False)
+    roles: list[str] = field(default_factory=list)
+
+    def encoder_for(self, role: str) -> tuple[Any, Any] | None:
+        """(tokenizer, encoder) of the named slot, or None when this checkpoint lacks it."""
+        for r, tok, enc in zip(self.roles, self.tokenizers, self.encoders):
+            if r == role:
+                return tok, enc
+        return None
 
     def with_patch(self, *, loras: list[LoraSpec] | None = None,
                    clip_skip: int | None = None) -> "TextEncoder":

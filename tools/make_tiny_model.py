@@ -159,6 +159,67 @@ def make_sdxl_refiner_pipeline(seed: int = 0, vae=None):
     return pipe
 
 
+def make_t5_tokenizer(max_length: int = 32):
+    """A T5 tokenizer (sentencepiece-style unigram, `</s>` appended) whose pieces are WORDS and
+    single characters, built with the tokenizers library: T5's own vocabulary is not shipped."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + w, -1.0) for w in WORDS] + [(chr(c), -3.0) for c in range(33, 127)]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=max_length)
+
+
+def _t5_encoder(tokenizer, width: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_ff=width * 2, d_kv=8,
+                                   num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                                   feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+
+
+def _vae16(**kw):
+    """A tiny 16-channel VAE without quant convs (the SD3 / FLUX autoencoder layout)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, sample_size=64,
+                         block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=16,
+                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                         use_quant_conv=False, use_post_quant_conv=False, **kw)
+
+
+def make_sd3_pipeline(seed: int = 0):
+    """A tiny StableDiffusion3Pipeline: an MMDiT with 2 joint blocks, CLIP-L + CLIP-G (projecting,
+    32 wide each) + a 64-wide T5 encoder, a 16-channel VAE, flow matching with SD3's shift 3."""
+    import tempfile
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer, tokenizer_2 = make_tokenizer(Path(tmp) / "1"), make_tokenizer(Path(tmp) / "2")
+    tokenizer_3 = make_t5_tokenizer()
+    transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+                                        caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=16)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae16(scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=CLIPTextModelWithProjection(_clip_config(tokenizer, projection=32)), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(tokenizer_2, projection=32)), tokenizer_2=tokenizer_2,
+        text_encoder_3=_t5_encoder(tokenizer_3, 64), tokenizer_3=tokenizer_3)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def write_lora(unet, folder: Path, weight_name: str, rank: int = 4, seed: int | None = None) -> Path:
     """A LoRA on the UNet's attention projections (the modules an LCM-LoRA adapts), in diffusers'
     key layout, loadable with peft / load_lora_weights. seed=None leaves peft's initialisation
