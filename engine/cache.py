@@ -6,56 +6,46 @@ next `loom run` process finds what this one computed.
 """
 from __future__ import annotations
 
-import dataclasses
-import sys
 import threading
 from collections import OrderedDict
 from typing import Any
 
 from .disk_cache import DiskCache
+from .footprint import Footprint, footprint
 
 Outputs = dict[str, Any]
 _EVICTION_MEMORY = 4096  # how many evicted keys `explain` can still name
 
 
-def size_of(value: Any, _seen: set[int] | None = None) -> int:
-    """Bytes a value holds, counting tensor, array and image buffers properly."""
-    seen = _seen if _seen is not None else set()
-    if id(value) in seen:
-        return 0
-    seen.add(id(value))
-    module = type(value).__module__
-    if module.startswith("torch"):
-        if hasattr(value, "element_size") and hasattr(value, "nelement"):
-            return value.element_size() * value.nelement()
-        if hasattr(value, "parameters") and hasattr(value, "buffers"):
-            return sum(size_of(t, seen) for t in (*value.parameters(), *value.buffers()))
-    if hasattr(value, "nbytes") and isinstance(getattr(value, "nbytes"), int):
-        return value.nbytes
-    if module.startswith("PIL") and hasattr(value, "size") and hasattr(value, "getbands"):
-        width, height = value.size
-        return width * height * len(value.getbands())
-    if isinstance(value, (str, bytes, bytearray)):
-        return len(value) + 49
-    if isinstance(value, dict):
-        return 64 + sum(size_of(k, seen) + size_of(v, seen) for k, v in value.items())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return 56 + sum(size_of(v, seen) for v in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return 64 + sum(size_of(getattr(value, f.name), seen) for f in dataclasses.fields(value))
-    if hasattr(value, "__dict__") and not isinstance(value, type):
-        return sys.getsizeof(value) + sum(size_of(v, seen) for v in vars(value).values())
-    return sys.getsizeof(value)
-
-
 class MemoryCache:
+    """Results by key under a byte budget, least recently used first out, pinned entries kept.
+
+    Bytes are counted with `footprint`: a tensor storage shared by several entries is
+    counted once (and freed when the last of them goes), and objects the model manager
+    owns are not counted at all; an entry referencing a model the manager unloads is
+    dropped, so an unloaded model leaves no reference behind here.
+    """
+
     def __init__(self, budget_bytes: int = 4 << 30):
         self.budget_bytes = budget_bytes
-        self._entries: OrderedDict[str, tuple[Outputs, int]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[Outputs, Footprint]] = OrderedDict()
+        self._storages: dict[int, list[int]] = {}      # storage id -> [bytes, entries using it]
+        self._by_model: dict[int, set[str]] = {}       # model-manager object id -> keys
         self._pins: dict[str, int] = {}
         self._evicted: OrderedDict[str, None] = OrderedDict()
         self._bytes = 0
+        self._managers: list[Any] = []
         self._lock = threading.RLock()
+
+    def bind_models(self, models: Any) -> None:
+        """Leave `models`' objects out of the count and forget results that use one it unloads."""
+        with self._lock:
+            if models not in self._managers:
+                self._managers.append(models)
+                models.on_unload(self.drop_models)
+
+    def _owned(self, object_id: int) -> bool:
+        return any(m.owns(object_id) for m in self._managers)
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
@@ -65,6 +55,7 @@ class MemoryCache:
 
     @property
     def bytes(self) -> int:
+        """Accounted bytes: what the entries hold, shared storages once, models not at all."""
         return self._bytes
 
     def get(self, key: str) -> Outputs | None:
@@ -76,15 +67,47 @@ class MemoryCache:
             return entry[0]
 
     def put(self, key: str, outputs: Outputs) -> None:
-        size = size_of(outputs)
+        fp = footprint(outputs, self._owned)
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= old[1]
-            self._entries[key] = (outputs, size)
-            self._bytes += size
+            self._remove(key)
+            self._entries[key] = (outputs, fp)
+            self._bytes += fp.plain
+            for storage, nbytes in fp.storages.items():
+                counted = self._storages.setdefault(storage, [nbytes, 0])
+                if counted[1] == 0:
+                    self._bytes += nbytes
+                counted[1] += 1
+            for model in fp.models:
+                self._by_model.setdefault(model, set()).add(key)
             self._evicted.pop(key, None)
             self._evict()
+
+    def _remove(self, key: str) -> bool:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return False
+        fp = entry[1]
+        self._bytes -= fp.plain
+        for storage in fp.storages:
+            counted = self._storages[storage]
+            counted[1] -= 1
+            if counted[1] == 0:
+                self._bytes -= counted[0]
+                del self._storages[storage]
+        for model in fp.models:
+            keys = self._by_model.get(model)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_model[model]
+        return True
+
+    def drop_models(self, object_ids: set[int]) -> None:
+        """Forget every result that references one of these (unloaded) model objects."""
+        with self._lock:
+            for object_id in object_ids:
+                for key in list(self._by_model.get(object_id, ())):
+                    self._remove(key)
 
     def pin(self, keys) -> None:
         with self._lock:
@@ -106,14 +129,12 @@ class MemoryCache:
 
     def discard(self, key: str) -> None:
         with self._lock:
-            entry = self._entries.pop(key, None)
-            if entry is not None:
-                self._bytes -= entry[1]
+            self._remove(key)
 
     def clear(self) -> None:
         with self._lock:
-            self._entries.clear()
-            self._bytes = 0
+            for key in list(self._entries):
+                self._remove(key)
 
     def _evict(self) -> None:
         if self._bytes <= self.budget_bytes:
@@ -123,8 +144,7 @@ class MemoryCache:
                 break
             if key in self._pins:
                 continue  # the running graph still needs it
-            _, size = self._entries.pop(key)
-            self._bytes -= size
+            self._remove(key)
             self._evicted[key] = None
             if len(self._evicted) > _EVICTION_MEMORY:
                 self._evicted.popitem(last=False)

@@ -112,6 +112,7 @@ def _settings(args):
         models_dirs=_models_dirs(args),
         extra_model_paths=Path(extra) if extra else None,
         digest_memo_dir=_cache_dir(args) / "digests",
+        models_memory_gb=getattr(args, "models_memory_gb", None),
         options=_parse_assignments(args.option, "--option"))
 
 
@@ -347,6 +348,9 @@ def _add_run_options(p: argparse.ArgumentParser, out: str | None = "output",
                         "vae_slicing=true, attention_slicing=true, cpu_offload=true (repeatable)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also load pickle model files (.ckpt, .pt, .bin), read with weights_only")
+    p.add_argument("--models-memory-gb", type=float, metavar="GB",
+                   help="memory for loaded models on each device, in GiB; past it the least recently "
+                        "used are unloaded (default: half the RAM, 80%% of a GPU's memory)")
     p.set_defaults(default_out=out, default_inputs=inputs)
 
 

@@ -104,8 +104,11 @@ class Executor:
         self.registry = registry if registry is not None else Registry.default()
         self.settings = settings if settings is not None else Settings()
         self.cache = cache if cache is not None else Cache()
+        memory_gb = self.settings.models_memory_gb
         self.models = models if models is not None else ModelManager(
-            ModelPaths(self.settings.models_dirs, self.settings.extra_model_paths))
+            ModelPaths(self.settings.models_dirs, self.settings.extra_model_paths),
+            budget_bytes=int(memory_gb * 2**30) if memory_gb is not None else None)
+        self.cache.memory.bind_models(self.models)
         self.events = events if events is not None else EventBus()
         self.history = history if history is not None else RunHistory()
         self.limits = limits if limits is not None else Limits()   # per node and per run

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from .files import atomic_write
@@ -22,11 +24,16 @@ NOT_NEEDED = "not needed"
 
 
 class RunHistory:
-    """Last key parts of each node, per graph name; kept on disk when given a folder."""
+    """Last key parts of each node, per graph name; kept on disk when given a folder.
 
-    def __init__(self, folder: Path | str | None = None):
+    Safe from any thread; memory holds the most recently used `keep` graphs (older ones are
+    read back from the folder when asked for again)."""
+
+    def __init__(self, folder: Path | str | None = None, keep: int = 256):
         self.folder = Path(folder) if folder is not None else None
-        self._graphs: dict[str, dict[str, KeyParts]] = {}
+        self.keep = keep
+        self._graphs: OrderedDict[str, dict[str, KeyParts]] = OrderedDict()
+        self._lock = threading.RLock()
 
     def _file(self, graph_name: str) -> Path | None:
         if self.folder is None:
@@ -35,21 +42,30 @@ class RunHistory:
         return self.folder / f"{digest}.json"
 
     def last(self, graph_name: str) -> dict[str, KeyParts]:
-        if graph_name not in self._graphs:
-            self._graphs[graph_name] = self._read(graph_name)
-        return self._graphs[graph_name]
+        with self._lock:
+            if graph_name not in self._graphs:
+                self._remember(graph_name, self._read(graph_name))
+            self._graphs.move_to_end(graph_name)
+            return self._graphs[graph_name]
+
+    def _remember(self, graph_name: str, parts: dict[str, KeyParts]) -> None:
+        self._graphs[graph_name] = parts
+        self._graphs.move_to_end(graph_name)
+        while len(self._graphs) > self.keep:
+            self._graphs.popitem(last=False)
 
     def record(self, graph_name: str, parts: dict[str, KeyParts]) -> None:
-        merged = {**self.last(graph_name), **parts}
-        self._graphs[graph_name] = merged
-        path = self._file(graph_name)
-        if path is None:
-            return
-        document = {"graph": graph_name, "nodes": {n: p.to_dict() for n, p in merged.items()}}
-        try:
-            atomic_write(path, json.dumps(document).encode())
-        except OSError as exc:
-            log.warning("cannot write run history %s: %s", path, exc)
+        with self._lock:
+            merged = {**self.last(graph_name), **parts}
+            self._remember(graph_name, merged)
+            path = self._file(graph_name)
+            if path is None:
+                return
+            document = {"graph": graph_name, "nodes": {n: p.to_dict() for n, p in merged.items()}}
+            try:
+                atomic_write(path, json.dumps(document).encode())
+            except OSError as exc:
+                log.warning("cannot write run history %s: %s", path, exc)
 
     def _read(self, graph_name: str) -> dict[str, KeyParts]:
         path = self._file(graph_name)
@@ -63,7 +79,8 @@ class RunHistory:
             return {}
 
     def clear(self) -> None:
-        self._graphs.clear()
+        with self._lock:
+            self._graphs.clear()
         if self.folder is not None and self.folder.is_dir():
             for path in self.folder.glob("*.json"):
                 path.unlink(missing_ok=True)
@@ -104,6 +121,8 @@ def why_not_cached(parts: KeyParts, previous: KeyParts | None, *, cacheable: boo
         changes.append("fingerprint changed (outside state such as a file)")
     if parts.settings != previous.settings:
         changes.append("run settings changed (device, dtype or options)")
+    if parts.pack != previous.pack:
+        changes.append("node pack or library versions changed (an upgrade)")
     return "; ".join(changes) or "not in cache: no earlier result for these inputs"
 
 

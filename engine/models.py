@@ -10,11 +10,14 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import LoomError
 from .files import atomic_write
+from .footprint import device_bytes, owned_objects
 from .paths import UnsafePath, contained
 
 MODEL_SUFFIXES = (".safetensors", ".sft", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
@@ -98,7 +101,19 @@ def _read_extra_paths(path: Path) -> dict[str, list[Path]]:
     return extra
 
 
-_digest_memo: dict[tuple, str] = {}
+_digest_memo: OrderedDict[tuple, str] = OrderedDict()   # file stamps -> digest, newest last
+_DIGEST_MEMO_SIZE = 4096
+
+
+_digest_memo_lock = threading.Lock()
+
+
+def _remember_digest(stamp: tuple, digest: str) -> None:
+    with _digest_memo_lock:
+        _digest_memo[stamp] = digest
+        _digest_memo.move_to_end(stamp)
+        while len(_digest_memo) > _DIGEST_MEMO_SIZE:
+            _digest_memo.popitem(last=False)
 
 
 def file_digest(path: Path | str, memo_dir: Path | None = None) -> str:
@@ -117,7 +132,7 @@ def file_digest(path: Path | str, memo_dir: Path | None = None) -> str:
         if cached is None and memo_file.is_file():
             cached = memo_file.read_text().strip() or None
     if cached is not None:
-        _digest_memo[stamp] = cached
+        _remember_digest(stamp, cached)
         return cached
     h = hashlib.blake2b(digest_size=16)
     for p in files:
@@ -126,7 +141,7 @@ def file_digest(path: Path | str, memo_dir: Path | None = None) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     digest = h.hexdigest()
-    _digest_memo[stamp] = digest
+    _remember_digest(stamp, digest)
     if memo_file is not None:
         _write_atomically(memo_file, digest)
     return digest
@@ -139,26 +154,119 @@ def _write_atomically(path: Path, text: str) -> None:
         pass  # a memo that cannot be written only costs a re-read next time
 
 
-class ModelManager:
-    """Loaded models keyed by identity (file content + load settings), so each is in memory once."""
+def default_budget(device: str) -> int:
+    """Bytes of models a device may hold when none is configured: half the machine's RAM for
+    the CPU, 80 % of an accelerator's own memory."""
+    if device.startswith("cuda"):
+        import torch
 
-    def __init__(self, paths: ModelPaths, capacity: int = 8):
+        index = int(device.partition(":")[2] or 0)
+        return int(torch.cuda.get_device_properties(index).total_memory * 0.8)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+@dataclass
+class _Loaded:
+    model: Any
+    devices: dict[str, int]      # device -> bytes
+    objects: set[int]            # ids of what the model consists of (see footprint.owned_objects)
+
+
+class ModelManager:
+    """Loaded models keyed by identity (file content + load settings), so each is in memory once.
+
+    Each device holds models within a byte budget (`budget_bytes`, else `default_budget`):
+    loading past it unloads the least recently used models, tells `on_unload` listeners (the
+    result cache drops results that reference them) and, on CUDA, returns the freed memory to
+    the driver. Two runs asking for the same model at once wait for one load.
+    """
+
+    def __init__(self, paths: ModelPaths, budget_bytes: int | None = None):
         self.paths = paths
-        self.capacity = capacity
-        self._loaded: OrderedDict[tuple, Any] = OrderedDict()
+        self.budget_bytes = budget_bytes
+        self._loaded: OrderedDict[tuple, _Loaded] = OrderedDict()
+        self._loading: dict[tuple, Future] = {}
+        self._objects: set[int] = set()
+        self._listeners: list[Callable[[set[int]], None]] = []
         self._lock = threading.Lock()
+
+    def on_unload(self, listener: Callable[[set[int]], None]) -> None:
+        self._listeners.append(listener)
+
+    def owns(self, object_id: int) -> bool:
+        """Whether the object with this id is part of a loaded model."""
+        return object_id in self._objects
+
+    def budget(self, device: str) -> int:
+        return self.budget_bytes if self.budget_bytes is not None else default_budget(device)
+
+    def bytes(self, device: str | None = None) -> int:
+        """Bytes of loaded models, on one device or on all."""
+        with self._lock:
+            return sum(n for entry in self._loaded.values() for d, n in entry.devices.items()
+                       if device is None or d == device)
 
     def get(self, identity: tuple, load: Callable[[], Any]) -> Any:
         with self._lock:
-            if identity in self._loaded:
+            entry = self._loaded.get(identity)
+            if entry is not None:
                 self._loaded.move_to_end(identity)
-                return self._loaded[identity]
-        model = load()
+                return entry.model
+            pending = self._loading.get(identity)
+            loader = pending is None
+            if loader:
+                pending = self._loading[identity] = Future()
+        if not loader:
+            return pending.result()     # another run is loading it: share that load
+        try:
+            model = load()
+        except BaseException as exc:
+            with self._lock:
+                del self._loading[identity]
+            pending.set_exception(exc)
+            raise
+        entry = _Loaded(model, device_bytes(model), owned_objects(model))
         with self._lock:
-            self._loaded[identity] = model
-            while len(self._loaded) > self.capacity:
-                self._loaded.popitem(last=False)
+            del self._loading[identity]
+            self._loaded[identity] = entry
+            self._objects |= entry.objects
+            unloaded = self._over_budget(identity)
+        pending.set_result(model)
+        self._release(unloaded)
         return model
+
+    def _over_budget(self, keep: tuple) -> list[_Loaded]:
+        """Unload least recently used models until every device is within its budget."""
+        unloaded = []
+        for device in {d for entry in self._loaded.values() for d in entry.devices}:
+            budget = self.budget(device)
+            used = sum(entry.devices.get(device, 0) for entry in self._loaded.values())
+            for identity in list(self._loaded):
+                if used <= budget:
+                    break
+                entry = self._loaded[identity]
+                if identity == keep or device not in entry.devices:
+                    continue
+                del self._loaded[identity]
+                used -= entry.devices[device]
+                unloaded.append(entry)
+        for entry in unloaded:
+            self._objects -= entry.objects
+        return unloaded
+
+    def _release(self, unloaded: list[_Loaded]) -> None:
+        if not unloaded:
+            return
+        for listener in self._listeners:
+            listener(set().union(*(entry.objects for entry in unloaded)))
+        if any(d.startswith("cuda") for entry in unloaded for d in entry.devices):
+            import torch
+
+            unloaded.clear()        # drop the last references before asking torch to free
+            torch.cuda.empty_cache()
 
     def __len__(self) -> int:
         return len(self._loaded)
@@ -169,4 +277,7 @@ class ModelManager:
 
     def clear(self) -> None:
         with self._lock:
+            unloaded = list(self._loaded.values())
             self._loaded.clear()
+            self._objects.clear()
+        self._release(unloaded)

@@ -142,8 +142,8 @@ class TrackedModels(ModelManager):
     """A model manager that counts loads and remembers which fingerprinted node asked for each
     model, so a worker can say which model fingerprints it holds warm."""
 
-    def __init__(self, paths: ModelPaths, capacity: int = 8):
-        super().__init__(paths, capacity)
+    def __init__(self, paths: ModelPaths, budget_bytes: int | None = None):
+        super().__init__(paths, budget_bytes)
         self.loads = 0
         self.asking: list[str | None] = []           # fingerprints of the nodes running now
         self._owners: dict[tuple, set[str]] = {}
@@ -178,7 +178,8 @@ class Worker:
         if executor is None:
             executor = self._executor(spec)
         if not isinstance(executor.models, TrackedModels):
-            executor.models = TrackedModels(executor.models.paths, executor.models.capacity)
+            executor.models = TrackedModels(executor.models.paths, executor.models.budget_bytes)
+            executor.cache.memory.bind_models(executor.models)
         self.name = name
         self.executor = executor
         self.settings = executor.settings

@@ -37,6 +37,7 @@ class Settings:
     extra_model_paths: Path | None = None
     allow_pickle: bool = False
     digest_memo_dir: Path | None = None   # where file digests are remembered across processes
+    models_memory_gb: float | None = None  # loaded models per device; None: from the device's size
     options: dict[str, Any] = field(default_factory=dict)
 
     def result_salt(self) -> str:

@@ -31,7 +31,7 @@ def shared_models(models_dir):
     from engine.models import ModelManager, ModelPaths
 
     if models_dir not in _MODEL_MANAGERS:
-        _MODEL_MANAGERS[models_dir] = ModelManager(ModelPaths([models_dir]), capacity=32)
+        _MODEL_MANAGERS[models_dir] = ModelManager(ModelPaths([models_dir]))
     return _MODEL_MANAGERS[models_dir]
 
 

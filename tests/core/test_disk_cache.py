@@ -1,6 +1,7 @@
 """The disk tier: what one process computes, the next reuses; corruption is a miss, never a crash."""
 import dataclasses
 import sqlite3
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -165,7 +166,7 @@ def test_file_digests_are_remembered_across_processes(tmp_path, monkeypatch):
     weights.write_bytes(b"w" * 1000)
     memo = tmp_path / "digests"
     first = models.file_digest(weights, memo)
-    monkeypatch.setattr(models, "_digest_memo", {})     # a new process: empty in-memory memo
+    monkeypatch.setattr(models, "_digest_memo", OrderedDict())  # a new process: empty memo
     reads = []
     real_open = open
     monkeypatch.setattr("builtins.open", lambda p, *a, **k: reads.append(p) or real_open(p, *a, **k))
