@@ -220,6 +220,32 @@ def make_sd3_pipeline(seed: int = 0):
     return pipe
 
 
+def make_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
+    """A tiny FluxPipeline: one double and one single block over packed 16-channel latents, CLIP-L
+    (pooled, 32 wide) + a 64-wide T5, FLUX's dynamic shift; guidance_embeds=False is schnell-like."""
+    import tempfile
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = make_tokenizer(Path(tmp))
+    tokenizer_2 = make_t5_tokenizer()
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=64,
+                                         pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=(4, 6, 6))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(transformer=transformer, scheduler=scheduler,
+                        vae=_vae16(scaling_factor=0.3611, shift_factor=0.1159),
+                        text_encoder=CLIPTextModel(_clip_config(tokenizer)), tokenizer=tokenizer,
+                        text_encoder_2=_t5_encoder(tokenizer_2, 64), tokenizer_2=tokenizer_2)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def write_lora(unet, folder: Path, weight_name: str, rank: int = 4, seed: int | None = None) -> Path:
     """A LoRA on the UNet's attention projections (the modules an LCM-LoRA adapts), in diffusers'
     key layout, loadable with peft / load_lora_weights. seed=None leaves peft's initialisation

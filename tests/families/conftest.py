@@ -10,8 +10,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
-    from tools.make_tiny_model import make_sd3_pipeline
+    from tools.make_tiny_model import make_flux_pipeline, make_sd3_pipeline
 
     root = tmp_path_factory.mktemp("models")
     make_sd3_pipeline(seed=0).save_pretrained(root / "checkpoints" / "tiny-sd3")
+    make_flux_pipeline(seed=0).save_pretrained(root / "checkpoints" / "tiny-flux")
     return root

@@ -1,0 +1,105 @@
+"""FLUX.1 (dev, schnell): a rectified-flow transformer over 16-channel latents read in 2x2 patches
+("packed"), CLIP-L's pooled embedding + T5-XXL's tokens as conditioning, resolution-dependent
+shift, and guidance distillation: dev takes the guidance value as an input (no negative pass);
+true CFG with a negative prompt only when asked (cfg > 1).
+
+Latents travel unpacked [B, 16, h, w] like every family's, so VAE, img2img and inpainting
+nodes need nothing special; `predict` packs them for the transformer and unpacks its output.
+"""
+from __future__ import annotations
+
+from . import Family, TextSlot, has_component
+
+T5_MAX_LENGTH = 512   # FluxPipeline's max_sequence_length
+
+
+def _is_flux_keys(keys: dict[str, tuple]) -> bool:
+    return any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys)
+
+
+def config_for_keys(keys: dict[str, tuple]) -> str:
+    """dev has a guidance embedder (guidance_in.*), schnell has none."""
+    return "flux-dev" if any("guidance_in." in k for k in keys) else "flux-schnell"
+
+
+def _is_flux_folder(index: dict, folder) -> bool:
+    return str(index.get("_class_name", "")).startswith("Flux") or (
+        has_component(index, "transformer") and (index.get("text_encoder_2") or [None, None])[1] == "T5EncoderModel"
+        and "text_encoder_3" not in index)
+
+
+def encode(ctx, text_encoder, text: str):
+    """FLUX conditioning of one prompt: T5's tokens (weights apply to them) and CLIP-L's pooled
+    embedding, as FluxPipeline.encode_prompt forms them."""
+    import torch
+
+    from engine.errors import NodeInputError
+
+    from .._common import on_device
+    from ..lora import activate_text_encoders
+    from ..text import _chunks, _to_cpu, _tokens, parse_weights
+    from ..types import Conditioning
+    from .sd3 import encode_t5
+
+    fragments = parse_weights(text)
+    clip, t5 = text_encoder.encoder_for("clip_l"), text_encoder.encoder_for("t5xxl")
+    for role, pair in (("clip_l", clip), ("t5xxl", t5)):
+        if pair is None:
+            raise NodeInputError("text_encoder", f"this text encoder has no {role} model, which FLUX needs")
+    activate_text_encoders(text_encoder)
+    with on_device(ctx, *text_encoder.encoders), torch.no_grad():
+        tokenizer, encoder = clip
+        ids, _ = _chunks(tokenizer, *_tokens(tokenizer, fragments))[0]   # truncated to one window
+        pooled = encoder(torch.tensor([ids], device=encoder.device), output_hidden_states=False).pooler_output
+        embeds = encode_t5(*t5, fragments, T5_MAX_LENGTH)
+    return Conditioning(_to_cpu(embeds), _to_cpu(pooled), family=text_encoder.family, text=text)
+
+
+def pack(latents):
+    """[B, C, h, w] -> [B, h/2 * w/2, C * 4]: each 2x2 patch one token."""
+    b, c, h, w = latents.shape
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens, h: int, w: int):
+    b, _, d = tokens.shape
+    return tokens.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
+
+
+def image_ids(h: int, w: int, device, dtype):
+    """Position ids (0, row, column) of the packed tokens, for the rotary embedding."""
+    import torch
+
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] += torch.arange(h // 2)[:, None]
+    ids[..., 2] += torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def predict(model, latents, timestep, embeds, pooled, guidance):
+    """The transformer's velocity for unpacked latents, called as FluxPipeline calls it."""
+    import torch
+
+    transformer = model.unet
+    b, _, h, w = latents.shape
+    g = None
+    if transformer.config.guidance_embeds:
+        g = torch.full([b], float(guidance), device=latents.device, dtype=torch.float32)
+    out = transformer(hidden_states=pack(latents), timestep=timestep.expand(b).to(latents.dtype) / 1000,
+                      guidance=g, pooled_projections=pooled, encoder_hidden_states=embeds,
+                      txt_ids=torch.zeros(embeds.shape[1], 3, device=latents.device, dtype=latents.dtype),
+                      img_ids=image_ids(h, w, latents.device, latents.dtype), return_dict=False)[0]
+    return unpack(out, h, w)
+
+
+FLUX = Family(
+    name="flux", label="FLUX.1", latent_channels=16, packing=2, denoiser=("transformer", "FluxTransformer2DModel"),
+    text=(TextSlot("clip_l"),
+          TextSlot("t5xxl", "text_encoder_2", "tokenizer_2", "T5EncoderModel", "T5TokenizerFast")),
+    encode="nodes.families.flux:encode", sampler="nodes.families._flow:run_flow_sampler",
+    predict="nodes.families.flux:predict", guidance="distilled", default_guidance=3.5, linear_sigmas=True,
+    default_scheduler="euler", pipeline="FluxPipeline", config="flux-dev", config_for_keys=config_for_keys,
+    lora_loader="FluxLoraLoaderMixin",
+    matches_keys=_is_flux_keys, matches_folder=_is_flux_folder,
+    detection_order=10,
+)
