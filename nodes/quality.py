@@ -19,6 +19,7 @@ from engine.settings import Settings
 from engine.types import model_name
 
 from ._common import fingerprint_model, no_grad
+from .avatar_check import AvatarChecker, judge
 from .control_types import ClipModel, QualityReport
 from .types import Image
 
@@ -113,11 +114,19 @@ def quality_check(image: Image,
                   max_clipped: Unit = 0.6, min_contrast: Unit = 0.02,
                   min_colourfulness: Annotated[float, Field(ge=0)] = 0.0,
                   clip: ClipModel | None = None, prompt: str = "",
-                  min_clip_score: Annotated[float, Field(ge=0, le=100)] = 0.0) -> QualityReport:
+                  min_clip_score: Annotated[float, Field(ge=0, le=100)] = 0.0,
+                  checker: AvatarChecker | None = None, min_attribute_match: Unit = 1.0) -> QualityReport:
     """Measure sharpness, exposure (brightness, clipped fraction), contrast, colourfulness and,
-    with a CLIP model, the CLIP score against `prompt`; the report passes when every image of
-    the batch is finite, not blank and within every threshold. `reasons` names each miss."""
+    with a CLIP model, the CLIP score against `prompt`; with an avatar checker, the share of
+    the attributes `prompt` asks for that the image shows (`attribute_match`). The report
+    passes when every image of the batch is finite, not blank and within every threshold.
+    `reasons` names each miss."""
     metrics = measure(image.pixels)
+    attribute_misses: list[list[str]] = [[] for _ in metrics]
+    if checker is not None:
+        seen, attribute_misses = judge(checker, image.pixels, prompt, min_attribute_match)
+        for m, attributes in zip(metrics, seen):
+            m.update(attributes)
     if clip is not None:
         for m, score in zip(metrics, clip_scores(clip, image.pixels, prompt)):
             m["clip_score"] = score
@@ -138,4 +147,5 @@ def quality_check(image: Image,
              f"CLIP score {m.get('clip_score', 0):.1f} < {min_clip_score}"),
         ]
         reasons += [tag + why for failed, why in checks if failed]
+        reasons += [tag + why for why in attribute_misses[i]]
     return QualityReport(passed=not reasons, reasons=reasons, metrics=metrics)
