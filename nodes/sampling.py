@@ -36,8 +36,7 @@ if TYPE_CHECKING:
     import torch
 
 SchedulerName = Literal["ddpm", "ddim", "euler", "euler_ancestral", "heun", "lms", "dpm_2", "dpm_2_ancestral",
-                        "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde", "deis", "unipc", "unipc_bh1",
-                        "lcm"]
+                        "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde", "deis", "unipc", "lcm"]
 # How the steps are spread over the noise levels: the scheduler's own spacing ("default"),
 # Karras / exponential / beta sigmas, or a timestep spacing: "normal" (evenly from the
 # noisiest step to the last), "simple" and "sgm_uniform" (evenly, ending one interval above
@@ -70,7 +69,6 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
     "deis": ("DEISMultistepScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
-    "unipc_bh1": ("UniPCMultistepScheduler", {"solver_type": "bh1"}),
     "lcm": ("LCMScheduler", {}),
 }
 

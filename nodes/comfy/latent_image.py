@@ -16,7 +16,6 @@ from engine.limits import Limit
 from engine.node import node
 from engine.types import file_input
 
-from .._common import output_folder_fingerprint
 from ..control_types import UpscaleModel
 from ..types import Conditioning, DiffusionModel, Image, Latent, Mask, Vae
 from .ports import ComfyLatent, call_node, comfy_latent, latent_scale, model_with_controls, shaped_for
@@ -26,7 +25,8 @@ MAX_RESOLUTION = 16384
 Seed = Annotated[int, Field(ge=0, le=2**64 - 1)]
 Steps = Annotated[int, Field(ge=1, le=10000), Limit("steps")]
 Cfg = Annotated[float, Field(ge=0, le=100)]
-LatentMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
+# ComfyUI's bislerp is left out: a workflow using it is refused at validation with these
+LatentMethod = Literal["nearest-exact", "bilinear", "area", "bicubic"]
 ImageMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 
 
@@ -46,14 +46,14 @@ def empty_latent_image(width: Annotated[int, Field(ge=16, le=MAX_RESOLUTION, mul
 
 @node("RepeatLatentBatch", category="comfy/latent", output="LATENT")
 def repeat_latent_batch(samples: Latent, amount: Annotated[int, Field(ge=1, le=64)] = 1) -> Latent:
-    """The batch repeated `amount` times; each copy gets its own seed offsets."""
-    from ..latent import latent_batch
-
-    out = samples
-    for _ in range(amount - 1):
-        out = latent_batch(out, samples)
-    return comfy_latent(out, latent_scale(samples)).replace(
-        pending=getattr(samples, "pending", False)) if isinstance(samples, ComfyLatent) else out
+    """The batch repeated `amount` times; copy i's seed offsets are the originals shifted by i
+    times their span, as ComfyUI numbers them."""
+    offsets = samples.offsets()
+    span = max(offsets) - min(offsets) + 1
+    repeat = lambda t: None if t is None else t.repeat(amount, *[1] * (t.ndim - 1))  # noqa: E731
+    return samples.replace(samples=repeat(samples.samples), noise_mask=repeat(samples.noise_mask),
+                           masked_image=repeat(samples.masked_image),
+                           batch_index=offsets + [o + i * span for i in range(1, amount) for o in offsets])
 
 
 @node("LatentFromBatch", category="comfy/latent", output="LATENT")
@@ -70,10 +70,6 @@ def latent_from_batch(samples: Latent, batch_index: Annotated[int, Field(ge=0, l
 
 def _resize_latent(samples: Latent, height: int, width: int, method: str, crop: str) -> Latent:
     import torch.nn.functional as F
-
-    if method == "bislerp":
-        raise NodeInputError("upscale_method", "bislerp is not supported; use one of nearest-exact, "
-                                               "bilinear, area, bicubic")
 
     def resize(t):
         if t is None:
@@ -122,8 +118,6 @@ def latent_upscale_by(samples: Latent, upscale_method: LatentMethod = "nearest-e
     """Resize latents by a factor (Loom's upscale_latent)."""
     from ..latent import upscale_latent
 
-    if upscale_method == "bislerp":
-        return _resize_latent(samples, 0, 0, upscale_method, "disabled")
     out = upscale_latent(samples, scale_by, upscale_method)
     return comfy_latent(out, latent_scale(samples)).replace(
         pending=getattr(samples, "pending", False))
@@ -152,6 +146,9 @@ def _sample(ctx: Context, model: DiffusionModel, positive: Conditioning, negativ
     model = model_with_controls(model, positive, negative)
     out = run_sampler(ctx, model, positive, latent, negative, seed, steps, cfg, SAMPLERS[sampler_name],
                       False, 1.0, start, end, add_noise, SCHEDULES[scheduler])
+    if not out.samples.isfinite().all():
+        raise NodeInputError("sampler_name", f"{sampler_name} with the {scheduler} scheduler diverged "
+                                             "(NaN) on this model's noise schedule; choose another sampler")
     return comfy_latent(out, model.latent_scale)
 
 
@@ -282,7 +279,7 @@ def load_image_mask(ctx: Context, image: file_input("input"),
 
 
 @node("SaveImage", category="comfy/image", output_node=True, output="files",
-      fingerprint=output_folder_fingerprint)
+      cache=False)
 def save_image(ctx: Context, images: Image,
                filename_prefix: file_input("output", max_length=200) = "ComfyUI") -> list[str]:
     """Save PNGs in the output folder, with the graph embedded (Loom's save_image)."""
@@ -292,7 +289,7 @@ def save_image(ctx: Context, images: Image,
 
 
 @node("PreviewImage", category="comfy/image", output_node=True, output="files",
-      fingerprint=output_folder_fingerprint)
+      cache=False)
 def preview_image(ctx: Context, images: Image) -> list[str]:
     """Save PNGs for a look, under previews/ in the output folder, without the graph."""
     from ..image import save_image as save

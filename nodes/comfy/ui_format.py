@@ -12,9 +12,11 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from engine.errors import GraphError, Problem
+from engine.types import accepts_literal, strip_annotated
 from engine.registry import Registry
 
 from .vocabulary import SEED_WIDGETS, UI_ONLY
@@ -119,7 +121,7 @@ def _widget_inputs(raw: dict, spec) -> dict[str, Any]:
     values = raw.get("widgets_values")
     if spec is None or values is None:
         return {}
-    widgets = [name for name, i in spec.inputs.items() if i.literal]
+    widgets = [name for name, i in spec.inputs.items() if is_widget(i)]
     if isinstance(values, dict):
         return {k: v for k, v in values.items() if k in widgets}
     out: dict[str, Any] = {}
@@ -132,6 +134,14 @@ def _widget_inputs(raw: dict, spec) -> dict[str, Any]:
         if position < len(values) and _is_control_value(name, values[position], spec, widgets[index + 1:]):
             position += 1
     return out
+
+
+def is_widget(input_spec) -> bool:
+    """Whether ComfyUI shows this input as a widget (a value), not a socket: an optional model
+    input accepts None as a literal but is still a socket."""
+    tp = strip_annotated(input_spec.annotation)
+    members = [m for m in get_args(tp) if m is not type(None)] if get_origin(tp) in (Union, UnionType) else [tp]
+    return input_spec.literal and all(accepts_literal(m) for m in members)
 
 
 def _is_control_value(name: str, value: Any, spec, following: list[str]) -> bool:

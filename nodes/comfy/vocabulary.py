@@ -27,7 +27,6 @@ SAMPLERS: dict[str, str] = {
     "lcm": "lcm",
     "deis": "deis",
     "ddim": "ddim",
-    "uni_pc": "unipc_bh1",
     "uni_pc_bh2": "unipc",
 }
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
