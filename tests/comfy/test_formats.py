@@ -159,23 +159,13 @@ def api_prompts(draw):
 
 @hsettings(max_examples=60, deadline=None)
 @given(prompt=api_prompts())
-def test_api_prompt_round_trips_through_a_loom_graph(prompt):
-    from engine import Graph, Registry
+def test_api_prompt_round_trips_through_a_loom_graph(prompt, registry):
+    from engine import Graph
 
-    registry = _REGISTRY or Registry.default()
     document, id_map = read_api_prompt(prompt, registry)
     assert id_map == {i: i for i in prompt}
     graph = Graph.from_dict(json.loads(json.dumps(document)))
     assert export_api_prompt(graph, registry) == prompt
-
-
-_REGISTRY = None
-
-
-@pytest.fixture(autouse=True)
-def _share_registry(registry):
-    global _REGISTRY
-    _REGISTRY = registry
 
 
 # -- PNGs, convert, export errors, ComfyUI-shaped errors ----------------------------------------
@@ -254,3 +244,18 @@ def test_a_loom_node_without_counterpart_or_setting_is_named_on_export(registry)
         export_api_prompt(g.build(), registry)
     located = {(p.node, p.input) for p in info.value.problems}
     assert ("encode_text_1", "clip_skip") in located and ("sample_1", "schedule") in located
+
+
+@given(seed=st.integers(0, 2**64 - 1), control=st.sampled_from(["fixed", "increment", "decrement", "randomize", None]),
+       steps=st.integers(1, 10000), cfg=st.floats(0, 100, allow_nan=False), sampler=st.sampled_from(sorted(SAMPLERS)),
+       scheduler=st.sampled_from(sorted(SCHEDULES)), denoise=st.floats(0, 1))
+def test_ksampler_widgets_are_read_with_or_without_the_control_value(registry, seed, control, steps, cfg,
+                                                                     sampler, scheduler, denoise):
+    from nodes.comfy import ui_to_api
+
+    widgets = [seed, *([control] if control else []), steps, cfg, sampler, scheduler, denoise]
+    workflow = {"nodes": [{"id": 3, "type": "KSampler", "mode": 0, "inputs": [], "outputs": [],
+                           "widgets_values": widgets}], "links": []}
+    assert ui_to_api(workflow, registry)["3"]["inputs"] == {
+        "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
+        "denoise": denoise}
