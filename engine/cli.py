@@ -273,11 +273,11 @@ def cmd_watch(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .documents import load_document, write_document
+    from .documents import LOOM_FORMAT, load_document, write_document
     from .registry import Registry
 
     registry = Registry.default()
-    document = write_document(load_document(args.graph, registry), args.to, registry)
+    document = write_document(load_document(args.graph, registry), args.to or LOOM_FORMAT, registry)
     text = json.dumps(document, indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text)
@@ -306,6 +306,7 @@ def cmd_serve(args) -> int:
     from server.main import serve
 
     from .config import user_data_dir
+    from .ray_backend import backend_arguments
 
     config = _config(args).server
     data_dir = Path(args.data_dir) if args.data_dir else config.data_dir or user_data_dir()
@@ -314,7 +315,8 @@ def cmd_serve(args) -> int:
     settings = _settings(args)
     serve(host=args.host or config.host or "127.0.0.1", port=args.port or config.port or 8188,
           data_dir=data_dir, models_dirs=settings.models_dirs, token=args.token,
-          settings=settings, keep_runs=args.keep_runs, keep_days=args.keep_days)
+          settings=settings, keep_runs=args.keep_runs, keep_days=args.keep_days,
+          **backend_arguments(args))
     return EXIT_OK
 
 
@@ -372,15 +374,38 @@ def _version() -> str:
         return "loom (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import cli_batch, cli_models
+class _VersionAction(argparse.Action):
+    """`--version`, reading the installed version only when asked."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stdout.write(_version() + "\n")
+        parser.exit()
+
+
+def _command_in(argv: list[str] | None) -> str | None:
+    """The subcommand an argument list names ("" for none, as in `loom --help`); None when
+    there is no argument list (build every command in full)."""
+    if argv is None:
+        return None
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def _needed(command: str | None, name: str) -> bool:
+    return command is None or command == name
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; given `argv`, the commands other modules define are imported
+    only when `argv` uses them (they pull in the executor), the rest get a stub with their
+    one-line help, so `loom --version` and `loom nodes` start quickly."""
+    command = _command_in(argv)
 
     parser = argparse.ArgumentParser(
         prog="loom", description="Typed, incremental diffusion graphs: run, check and inspect "
         "JSON workflows. `loom COMMAND --help` describes each command.",
         epilog="Defaults for the folder, cache and server flags can be set in loom.toml "
                "(./loom.toml or ~/.config/loom/loom.toml).")
-    parser.add_argument("--version", action="version", version=_version(),
+    parser.add_argument("--version", action=_VersionAction, nargs=0,
                         help="print Loom's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -396,8 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_options(run)
     run.set_defaults(func=cmd_run)
 
-    cli_batch.add_parser(sub, lambda p: (_add_run_options(p, out="output/batch"), _add_cache_options(p)),
-                         _executor, load_graph, _parse_assignments, err)
+    if _needed(command, "batch"):
+        from . import cli_batch
+
+        cli_batch.add_parser(sub, lambda p: (_add_run_options(p, out="output/batch"), _add_cache_options(p)),
+                             _executor, load_graph, _parse_assignments, err)
+    else:
+        sub.add_parser("batch", help="run a graph for every parameter set, resumably")
 
     watch = sub.add_parser("watch", help="rerun a graph each time it, or a file it reads, is saved",
                            description="Keep one process warm (models loaded, results in memory) "
@@ -433,14 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser("convert", help="write a graph document in another format (ComfyUI workflow -> Loom, ...)")
     convert.add_argument("graph", help="the graph file to read")
-    from .documents import LOOM_FORMAT
-
-    convert.add_argument("--to", default=LOOM_FORMAT, help="target format: loom (default), comfy-api, ...")
+    convert.add_argument("--to", help="target format: loom (default), comfy-api, ...")
     convert.add_argument("-o", "--output", help="file to write (default: stdout)")
     convert.set_defaults(func=cmd_convert)
 
-    cli_models.add_parser(sub, lambda p: (_add_run_options(p), _add_cache_options(p)),
-                          _settings, out, err)
+    if _needed(command, "models"):
+        from . import cli_models
+
+        cli_models.add_parser(sub, lambda p: (_add_run_options(p), _add_cache_options(p)),
+                              _settings, out, err)
+    else:
+        sub.add_parser("models", help="list, verify, pull or remove models")
 
     nodes = sub.add_parser("nodes", help="list node types, or show one in full",
                            description="One line per node type (type, category, summary); "
@@ -468,13 +501,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keep-days", type=float, metavar="D",
                        help="delete finished runs and their output files after D days (default: never)")
     _add_run_options(serve, out=None, inputs=None)
+    if _needed(command, "serve"):
+        from .ray_backend import add_backend_arguments
+
+        add_backend_arguments(serve)
     serve.set_defaults(func=cmd_serve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
         return _dispatch(args)
     except KeyboardInterrupt:
         err.print("[yellow]cancelled[/yellow]")

@@ -33,6 +33,7 @@ from .errors import GraphError, LoomError
 from .events import NODE_FAILED, NODE_FINISHED, NODE_STARTED, Event
 from .executor import Executor
 from .graph import Graph
+from .limits import Limits
 from .models import ModelManager, ModelPaths
 from .registry import Registry
 from .settings import Settings
@@ -116,6 +117,7 @@ class WorkerSpec:
     node_modules: tuple[str, ...] = ()
     installed_nodes: bool = True
     python_path: tuple[str, ...] = ()      # where the caller found `node_modules`
+    limits: Limits | None = None           # the caller's per-node and per-run limits
 
     @classmethod
     def here(cls, settings: Settings, node_modules: Iterable[str] = (),
@@ -198,7 +200,7 @@ class Worker:
         for module in spec.node_modules:
             registry.load_module(module)
         models = TrackedModels(ModelPaths(spec.settings.models_dirs, spec.settings.extra_model_paths))
-        return Executor(registry=registry, settings=spec.settings, models=models)
+        return Executor(registry=registry, settings=spec.settings, models=models, limits=spec.limits)
 
     def ping(self) -> dict:
         return {"name": self.name, "pid": os.getpid(), "holding": sorted(self.models.holding())}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engine import Settings
 from engine.errors import LoomError
+from engine.ray_backend import add_backend_arguments, backend_arguments
 
 from .config import GraphLimits, ServerConfig
 from .main import serve
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a websocket client may take to accept one message before "
                         "it is disconnected")
     p.add_argument("--log-level", default="info")
+    add_backend_arguments(p)
     return p
 
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
               limits=limits, max_upload_bytes=int(args.max_upload_mb * 2**20),
               max_attempts=args.max_attempts, event_queue_size=args.event_queue_size,
               event_send_timeout=args.event_send_timeout, keep_runs=args.keep_runs,
-              keep_days=args.keep_days)
+              keep_days=args.keep_days, **backend_arguments(args))
     except LoomError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from engine import Executor, Registry, Settings
 from engine.errors import LoomError
@@ -20,11 +20,14 @@ from . import comfy
 from .app import create_app
 from .comfy.shell import ComfyShell
 from .config import GraphLimits, ServerConfig
-from .dispatch import LocalDispatcher, make_event
+from .dispatch import LocalDispatcher, RunDispatcher, make_event
 from .events import EventHub
 from .retention import Retention
 from .service import RunService
 from .store import QUEUED, RunStore
+
+if TYPE_CHECKING:
+    from .ray_dispatch import RayOptions
 
 log = logging.getLogger("loom.server")
 
@@ -36,7 +39,7 @@ class Server:
     executor: Executor
     store: RunStore
     hub: EventHub
-    dispatcher: LocalDispatcher
+    dispatcher: RunDispatcher
     service: RunService
     app: Any
 
@@ -56,7 +59,9 @@ class Server:
         self.dispatcher.stop()
 
 
-def build(config: ServerConfig, settings: Settings, registry: Registry) -> Server:
+def build(config: ServerConfig, settings: Settings, registry: Registry, *,
+          ray: RayOptions | None = None) -> Server:
+    """The server, its runs dispatched to a local worker thread, or to Ray actors with `ray`."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     for folder in (settings.output_dir, settings.input_dir):
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -71,9 +76,15 @@ def build(config: ServerConfig, settings: Settings, registry: Registry) -> Serve
             retention.prune(store, Path(settings.output_dir))
         except Exception:  # noqa: BLE001 - pruning must never disturb the worker
             log.exception("could not prune old runs")
+    if ray is None:
+        dispatcher: RunDispatcher = LocalDispatcher(store, executor, output_dir=Path(settings.output_dir),
+                                                    publish=hub.publish, finished=finished)
+    else:
+        from .ray_dispatch import RayDispatcher
 
-    dispatcher = LocalDispatcher(store, executor, output_dir=Path(settings.output_dir),
-                                 publish=hub.publish, finished=finished)
+        dispatcher = RayDispatcher(store, executor, ray, output_dir=Path(settings.output_dir),
+                                   publish=hub.publish, finished=finished,
+                                   max_attempts=config.max_attempts)
     service = RunService(config, executor, store, dispatcher, hub)
     server = Server(config, settings, executor, store, hub, dispatcher, service, app=None)
     server.app = create_app(config, service, hub, on_start=server.start, on_stop=server.stop)
@@ -104,9 +115,13 @@ def node_registry(modules: Iterable[str] = (), installed: bool = True) -> Regist
 
 def serve(host: str, port: int, data_dir: Path, models_dirs: list[Path], token: str | None,
           settings: Settings | None = None, *, node_modules: Iterable[str] = (),
-          installed_nodes: bool = True, log_level: str = "info", **options: Any) -> None:
+          installed_nodes: bool = True, log_level: str = "info", backend: str = "local",
+          ray_address: str | None = None, workers: int = 1, gpus_per_worker: float = 0,
+          **options: Any) -> None:
     """Run the server until interrupted. Raises LoomError for an unsafe or impossible setup.
 
+    `backend` "ray" runs graphs on `workers` Ray actors: on the cluster at `ray_address`
+    ("auto" or HOST:PORT), or on a Ray started here on loopback, its files in DATA_DIR/ray.
     `options` are further `ServerConfig` fields (allowed_hosts, limits, max_attempts, ...).
     """
     import uvicorn
@@ -121,7 +136,17 @@ def serve(host: str, port: int, data_dir: Path, models_dirs: list[Path], token: 
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = hold_data_dir(data_dir)
     try:
-        server = build(config, settings, registry)
+        ray = None
+        if backend == "ray":
+            from engine.ray_backend import WorkerSpec
+
+            from .ray_dispatch import RayOptions
+
+            ray = RayOptions(WorkerSpec.here(settings, node_modules, installed_nodes), ray_address,
+                             workers, gpus_per_worker, temp_dir=data_dir / "ray")
+        elif backend != "local":
+            raise LoomError(f"unknown backend {backend!r}: local or ray")
+        server = build(config, settings, registry, ray=ray)
         uv = uvicorn.Config(server.app, host=host, port=port, log_level=log_level,
                             proxy_headers=False, server_header=False, date_header=False,
                             lifespan="on", ws="websockets-sansio", timeout_graceful_shutdown=5,

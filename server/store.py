@@ -168,16 +168,29 @@ class RunStore:
                 " RETURNING *", (RUNNING, time.time(), QUEUED)).fetchone()
         return _record(row) if row is not None else None
 
+    def claim(self, run_id: str) -> RunRecord | None:
+        """Like `claim_next` for one chosen queued run; None if it is no longer queued."""
+        with self._lock, self._tx():
+            row = self._db.execute(
+                "UPDATE runs SET status = ?, attempts = attempts + 1, started_at = ?"
+                " WHERE id = ? AND status = ? RETURNING *",
+                (RUNNING, time.time(), run_id, QUEUED)).fetchone()
+        return _record(row) if row is not None else None
+
     def finish(self, run_id: str, status: str, result: dict | None = None,
-               error: dict | None = None) -> RunRecord | None:
-        """Record the end of a running run; None if it was not running (already finished)."""
+               error: dict | None = None, *, attempt: int | None = None) -> RunRecord | None:
+        """Record the end of a running run; None if it was not running (already finished).
+
+        With `attempt`, only that attempt may finish it: a late reply from an earlier attempt
+        (a worker thought lost, a server restarted since) is ignored.
+        """
         assert status in FINAL, status
         with self._lock, self._tx():
             row = self._db.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, result = ?, error = ?"
-                " WHERE id = ? AND status = ? RETURNING *",
+                " WHERE id = ? AND status = ? AND (? IS NULL OR attempts = ?) RETURNING *",
                 (status, time.time(), json.dumps(result or {}), json.dumps(error) if error else None,
-                 run_id, RUNNING)).fetchone()
+                 run_id, RUNNING, attempt, attempt)).fetchone()
         return _record(row) if row is not None else None
 
     def requeue(self, run_id: str, note: str, *, refund_attempt: bool = False) -> RunRecord | None:
@@ -276,6 +289,13 @@ class RunStore:
         args.append(limit)
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
+        return [_record(r) for r in rows]
+
+    def queued(self, limit: int = 64) -> list[RunRecord]:
+        """The oldest queued runs, oldest first (what a dispatcher chooses among)."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM runs WHERE status = ? ORDER BY seq LIMIT ?",
+                                    (QUEUED, limit)).fetchall()
         return [_record(r) for r in rows]
 
     def prune(self, keep_runs: int | None, keep_days: float | None) -> list[RunRecord]:
