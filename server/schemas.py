@@ -87,6 +87,9 @@ class RunView(RunSummary):
                                           "{file, url}, other non-JSON values {type, shape, ...}")
     files: list[str] = Field(default_factory=list, description="output files, for /outputs/{name}")
     notes: list[str] = Field(default_factory=list, description="what happened to it (re-queued ...)")
+    model_loads: int | None = Field(default=None, description="models its worker had to load "
+                                                              "(Ray backend; null on the local one)")
+    worker: str | None = Field(default=None, description="the Ray worker that ran it")
     graph: dict[str, Any] | None = None
     params: dict[str, Any] | None = None
 
@@ -96,6 +99,7 @@ class RunView(RunSummary):
         return cls(**RunSummary.of(run).model_dump(), ran=r.get("ran", []),
                    cached=r.get("cached", []), timings=r.get("timings", {}),
                    outputs=r.get("outputs", {}), files=r.get("files", []), notes=run.notes,
+                   model_loads=r.get("model_loads"), worker=r.get("worker"),
                    graph=run.graph if with_graph else None, params=run.params if with_graph else None)
 
 
