@@ -154,7 +154,9 @@ def _upstream(prompt: dict, node_id: str) -> set[str]:
 
 def _error_item(problem: Problem) -> dict:
     message = problem.message
-    kind = "required_input_missing" if message.startswith("missing required input") else "value_not_valid"
+    # Types the editor knows; "custom_validation_failed" shows our details as they are.
+    kind = ("required_input_missing" if message.startswith("missing required input")
+            else "custom_validation_failed")
     details = f"{problem.input}: {message}" if problem.input else message
     if problem.hint:
         details += f" ({problem.hint})"

