@@ -25,6 +25,9 @@ Public interface (for the CLI, `server/comfy/` and tests):
     SAMPLERS, SCHEDULES: ComfyUI sampler / scheduler names Loom runs -> Loom's names.
     COMFY_TYPES: Loom port class name -> ComfyUI socket type (MODEL, CLIP, ...).
     is_comfy_class_type(spec): whether a node type is one of this pack's class types.
+    is_widget(input_spec): whether ComfyUI shows an input as a widget (a value) rather than a
+        socket; widgets in `spec.inputs` order are the order of `widgets_values`, and the
+        inputs' order is ComfyUI's `input_order`.
 
 Document readers (`comfy-api`, `comfy-ui`, `comfy-png`) and the `comfy-api` writer are
 registered with the node types, so `loom run/validate/explain/convert` take ComfyUI files.
@@ -34,12 +37,15 @@ from __future__ import annotations
 import importlib
 
 from .api_format import COMFY_CATEGORY, export_api_prompt, node_errors, read_api_prompt, unknown_class_types
+from . import documents
+from .documents import read_ui_workflow
+from .ui_format import is_widget, ui_to_api
 from .vocabulary import COMFY_TYPES, SAMPLERS, SCHEDULES
 
 CLASS_TYPE_MODULES = ("loaders", "conditioning", "latent_image")
 
 __all__ = ["COMFY_TYPES", "SAMPLERS", "SCHEDULES", "export_api_prompt", "is_comfy_class_type",
-           "node_errors", "read_api_prompt", "read_ui_workflow", "register", "ui_to_api",
+           "is_widget", "node_errors", "read_api_prompt", "read_ui_workflow", "register", "ui_to_api",
            "unknown_class_types"]
 
 
@@ -47,26 +53,10 @@ def is_comfy_class_type(spec) -> bool:
     return spec.category.startswith(COMFY_CATEGORY)
 
 
-def read_ui_workflow(workflow, registry=None, source=None):
-    from engine.registry import Registry
-
-    from .documents import read_ui_workflow as read
-
-    return read(workflow, registry if registry is not None else Registry.default(), source)
-
-
-def ui_to_api(workflow, registry, source=None):
-    from .ui_format import ui_to_api as convert
-
-    return convert(workflow, registry, source)
-
-
 def register(registry) -> None:
     """Register the class types, the ComfyUI document readers and the API-format writer."""
     for name in CLASS_TYPE_MODULES:
         registry.load_module(importlib.import_module(f"{__name__}.{name}"))
-    from . import documents
-
     for reader in (documents.COMFY_API, documents.COMFY_UI, documents.COMFY_PNG):
         registry.register_reader(reader)
     registry.register_writer(documents.COMFY_API_WRITER)

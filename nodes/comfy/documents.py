@@ -15,8 +15,12 @@ def _read_api(document: Document, registry) -> dict:
     return read_api_prompt(document.json, registry, document.source)[0]
 
 
-def read_ui_workflow(workflow: dict, registry, source: str | None = None) -> tuple[dict, dict[str, str]]:
+def read_ui_workflow(workflow: dict, registry=None, source: str | None = None) -> tuple[dict, dict[str, str]]:
     """A UI-format workflow as (Loom graph document, ComfyUI node id -> Loom node id)."""
+    if registry is None:
+        from engine.registry import Registry
+
+        registry = Registry.default()
     return read_api_prompt(ui_to_api(workflow, registry, source), registry, source)
 
 
