@@ -344,6 +344,58 @@ def to_original_sd(pipe) -> dict:
     return {k: v.contiguous() for k, v in state.items()}
 
 
+def write_gguf(state: dict, path: Path, arch: str = "flux") -> Path:
+    """A GGUF file of a state dict, as quantized transformers are shared: 2-D weights whose rows
+    split into 32-value blocks in Q8_0, the rest in float32 (written with the gguf package)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    for name, tensor in state.items():
+        data = tensor.detach().float().cpu().numpy()
+        if data.ndim == 2 and data.shape[-1] % 32 == 0:
+            qtype = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, data.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_split_files(pipe, models: Path, name: str, fp8_t5: bool = False) -> dict[str, str]:
+    """A FLUX or SD3 pipeline as separate files in ComfyUI's layout: the transformer in
+    diffusion_models/ (diffusers key layout) and as a Q8_0 GGUF, each text encoder as one
+    .safetensors in text_encoders/ (T5 optionally in float8_e4m3fn), the VAE in vae/ in the
+    released ae layout, the T5 tokenizer in text_encoders/t5-tokenizer/, and the model's configs
+    in configs/<name>/ (what the split loaders' `config` input names). Returns the file names."""
+    from safetensors.torch import save_file
+
+    files = {"transformer": f"{name}.safetensors", "gguf": f"{name}-Q8_0.gguf", "vae": f"{name}-ae.safetensors"}
+    (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in pipe.transformer.state_dict().items()},
+              str(models / "diffusion_models" / files["transformer"]))
+    write_gguf(pipe.transformer.state_dict(), models / "diffusion_models" / files["gguf"])
+    texts = models / "text_encoders"
+    texts.mkdir(parents=True, exist_ok=True)
+    roles = ["clip_l", "clip_g", "t5xxl"] if hasattr(pipe, "text_encoder_3") else ["clip_l", "t5xxl"]
+    encoders = [e for e in (pipe.text_encoder, pipe.text_encoder_2, getattr(pipe, "text_encoder_3", None)) if e]
+    for role, encoder in zip(roles, encoders):
+        state = {k: v.clone().contiguous() for k, v in encoder.state_dict().items()}   # T5 ties two names
+        if role == "t5xxl" and fp8_t5:
+            state = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state.items()}
+        files[role] = f"{name}-{role}.safetensors"
+        save_file(state, str(texts / files[role]))
+    (pipe.tokenizer_3 if hasattr(pipe, "tokenizer_3") else pipe.tokenizer_2).save_pretrained(texts / "t5-tokenizer")
+    (models / "vae").mkdir(parents=True, exist_ok=True)
+    save_file({k.removeprefix("first_stage_model."): v.contiguous() for k, v in _vae_to_ldm(pipe.vae).items()},
+              str(models / "vae" / files["vae"]))
+    save_configs(pipe, models / "configs" / name)
+    return files
+
+
 def save_configs(pipe, folder: Path) -> Path:
     """The pipeline's configs and tokenizer without weights: what from_single_file(config=) needs."""
     import tempfile

@@ -14,12 +14,14 @@ T5_MAX_LENGTH = 512   # FluxPipeline's max_sequence_length
 
 
 def _is_flux_keys(keys: dict[str, tuple]) -> bool:
-    return any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys)
+    """Black Forest Labs' layout (double_blocks.*, as released and in GGUF files) or diffusers'."""
+    return any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.", "single_transformer_blocks."))
+               for k in keys)
 
 
 def config_for_keys(keys: dict[str, tuple]) -> str:
-    """dev has a guidance embedder (guidance_in.*), schnell has none."""
-    return "flux-dev" if any("guidance_in." in k for k in keys) else "flux-schnell"
+    """dev has a guidance embedder (guidance_in.* / guidance_embedder.*), schnell has none."""
+    return "flux-dev" if any("guidance_in." in k or "guidance_embedder." in k for k in keys) else "flux-schnell"
 
 
 def _is_flux_folder(index: dict, folder) -> bool:

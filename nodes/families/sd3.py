@@ -14,16 +14,19 @@ T5_MAX_LENGTH = 256   # StableDiffusion3Pipeline's max_sequence_length
 
 
 def _is_sd3_keys(keys: dict[str, tuple]) -> bool:
-    return any(k.startswith(("model.diffusion_model.joint_blocks.", "joint_blocks.")) for k in keys)
+    """Stability's layout (joint_blocks.*, as released) or diffusers' (context_embedder + pos_embed)."""
+    return any(k.startswith(("model.diffusion_model.joint_blocks.", "joint_blocks.")) for k in keys) or (
+        "context_embedder.weight" in keys and "pos_embed.proj.weight" in keys)
 
 
 def config_for_keys(keys: dict[str, tuple]) -> str:
-    """The shipped config of an SD3 single file: SD3.5 Large has 38 joint blocks, SD3.5 Medium
-    (MMDiT-X) has a second attention in its first blocks."""
-    prefix = "model.diffusion_model." if any(k.startswith("model.diffusion_model.") for k in keys) else ""
-    if any(k.startswith(prefix + "joint_blocks.0.x_block.attn2.") for k in keys):
+    """The shipped config of an SD3 single file: MMDiT-X (SD3.5 Medium) has a second attention in
+    its first blocks; otherwise 38 blocks is SD3.5 Large and fewer SD3 Medium's layout."""
+    if any(".x_block.attn2." in k or (k.startswith("transformer_blocks.0.attn2.")) for k in keys):
         return "sd35-medium"
-    return "sd35-large"
+    blocks = {k.split("joint_blocks.")[1].split(".")[0] for k in keys if "joint_blocks." in k}
+    blocks |= {k.split(".")[1] for k in keys if k.startswith("transformer_blocks.")}
+    return "sd35-large" if len(blocks) >= 38 or not blocks else "sd3-medium"
 
 
 def encode(ctx, text_encoder, text: str):

@@ -10,9 +10,11 @@ import pytest
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
-    from tools.make_tiny_model import make_flux_pipeline, make_sd3_pipeline
+    from tools.make_tiny_model import make_flux_pipeline, make_sd3_pipeline, write_split_files
 
     root = tmp_path_factory.mktemp("models")
     make_sd3_pipeline(seed=0).save_pretrained(root / "checkpoints" / "tiny-sd3")
-    make_flux_pipeline(seed=0).save_pretrained(root / "checkpoints" / "tiny-flux")
+    flux = make_flux_pipeline(seed=0)
+    flux.save_pretrained(root / "checkpoints" / "tiny-flux")
+    write_split_files(flux, root, "tiny-flux")
     return root

@@ -62,7 +62,8 @@ def test_latent_conventions_of_the_released_models():
 
 
 @pytest.mark.parametrize("keys, folder", [
-    (["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"], "sd35-large"),
+    ([f"model.diffusion_model.joint_blocks.{i}.x_block.attn.qkv.weight" for i in range(38)], "sd35-large"),
+    (["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"], "sd3-medium"),
     (["model.diffusion_model.joint_blocks.0.x_block.attn2.qkv.weight"], "sd35-medium"),
 ])
 def test_sd3_single_files_pick_their_config(keys, folder):
