@@ -5,7 +5,9 @@ are. Detectors with weights (HED, PidiNet, MLSD, lineart, lineart anime, normal 
 Zoe, OpenPose) read their file from models/annotators (the file names of the
 lllyasviel/Annotators repository, which is what controlnet-aux's from_pretrained expects
 in a local folder); nothing is ever downloaded, and a missing file is named in the error.
-Those files are pickles, so they also need the allow_pickle setting.
+Those files are pickles, so they also need the allow_pickle setting, and even then they are
+only read where controlnet-aux's own `torch.load` calls cannot unpickle arbitrary objects:
+torch >= 2.6 (weights-only by default) without TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.
 
 An input that already is a hint (a ControlHint, e.g. the output of another preprocessor)
 passes straight through.
@@ -13,6 +15,7 @@ passes straight through.
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -158,7 +161,27 @@ def _annotator_files(ctx: Context, detector: str) -> dict[str, str]:
         raise NodeInputError("detector", f"the {detector} weights ({', '.join(files.values())}) are pickle "
                                          "files, which can run code when loaded; opt in with the "
                                          "allow_pickle setting")
+    unsafe = unrestricted_torch_load()
+    if unsafe:
+        raise NodeInputError("detector", f"the {detector} weights are read by controlnet-aux with "
+                                         f"torch.load's defaults, which here would unpickle arbitrary "
+                                         f"objects ({unsafe}); refusing to load them")
     return files
+
+
+def unrestricted_torch_load() -> str | None:
+    """Why a bare `torch.load(path)` would run a full unpickler in this process, or None.
+
+    controlnet-aux calls torch.load without `weights_only`; its files are only safe to read
+    where that default is the restricted, weights-only unpickler."""
+    import torch
+
+    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
+    if (major, minor) < (2, 6):
+        return f"torch {torch.__version__} unpickles anything by default; install torch >= 2.6"
+    if os.getenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        return "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set"
+    return None
 
 
 def _annotator_fingerprint(detector: str, settings: Settings, **_) -> str:

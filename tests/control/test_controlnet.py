@@ -1,6 +1,7 @@
 """ControlNet nodes: loading in both formats, parity with diffusers' pipelines, preprocessors, graphs."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,9 +115,23 @@ def test_controlnet_canny_graph_runs_and_reruns_only_edited_nodes(executor):
     assert "hint" in second.cached and "load_cn" in second.cached and "sampler" in second.ran
 
 
-def test_multi_controlnet_graph_runs(executor):
-    result = executor.run(load_graph("multi_controlnet.json")).raise_for_status()
-    assert result.outputs["save"]["files"]
+def test_multi_controlnet_graph_is_steered_by_both_nets(executor):
+    """Turning either net off (strength 0) changes the image: both take part."""
+    from PIL import Image as PILImage
+
+    graph = load_graph("multi_controlnet.json")
+
+    def image(**params):
+        [path] = executor.run(graph, params).raise_for_status().outputs["save"]["files"]
+        return torch.tensor(np.asarray(PILImage.open(path).convert("RGB")), dtype=torch.float32)
+
+    both = image()
+    assert both.shape == (64, 64, 3)
+    without_canny, without_lines = image(canny_strength=0.0), image(lines_strength=0.0)
+    neither = image(canny_strength=0.0, lines_strength=0.0)
+    assert (both - without_canny).abs().mean() > 1
+    assert (both - without_lines).abs().mean() > 1
+    assert (without_canny - neither).abs().mean() > 1 and (without_lines - neither).abs().mean() > 1
 
 
 def test_weighted_preprocessor_loads_from_models_folder(ctx, settings_factory, shared_models, tiny):

@@ -86,8 +86,30 @@ def test_sd_x4_upscaler(ctx, upscale_models):
     assert a.pixels.shape == (1, 64, 64, 3) and torch.equal(a.pixels, b.pixels)
 
 
-def test_upscale_graph(executor, upscale_models):
+def test_upscale_graph_enlarges_the_decoded_image_and_keeps_its_content(executor, upscale_models):
+    """The shipped 2x model and lanczos both make 256 px images that, scaled back down, are the
+    64 px source; the contact sheet holds both side by side. (The tiny random test checkpoint
+    decodes noise, so the source here is the drawing the graph's prompt describes.)"""
+    import torch.nn.functional as F
+    from PIL import Image as PILImage
+
+    from engine import Graph
+
     from ..conftest import load_graph
 
-    result = executor.run(load_graph("upscale.json"), {"upscaler": "tiny-esrgan-x2"}).raise_for_status()
-    assert result.outputs["save"]["files"]
+    doc = load_graph("upscale.json").to_dict()
+    doc["nodes"]["decode"] = {"type": "draw_shape", "inputs": {
+        "shape": "triangle", "colour": "yellow", "background": "black", "size": 40}}
+    for name in ("decode", "model_up", "plain_up"):
+        doc["nodes"][f"show_{name}"] = {"type": "show", "inputs": {"value": [name, "image"]}}
+    result = executor.run(Graph.from_dict(doc)).raise_for_status()
+    small = result.outputs["show_decode"]["value"].pixels
+    assert small.shape == (1, 64, 64, 3) and small.std() > 0.05
+    for name in ("model_up", "plain_up"):
+        big = result.outputs[f"show_{name}"]["value"].pixels
+        assert big.shape == (1, 256, 256, 3)
+        down = F.avg_pool2d(big.permute(0, 3, 1, 2), 4).permute(0, 2, 3, 1)
+        assert (down - small).abs().mean() < 0.03, name
+    [path] = result.outputs["save"]["files"]
+    sheet = PILImage.open(path)
+    assert sheet.width >= 2 * 256 and sheet.height >= 256

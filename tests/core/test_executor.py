@@ -1,5 +1,7 @@
 """Running graphs: only dirty nodes rerun, failures keep earlier work, events, lazy inputs, retry."""
+import itertools
 import threading
+import time
 
 import pytest
 
@@ -220,6 +222,38 @@ def test_memory_budget_evicts_least_recently_used_but_not_pinned(registry):
 
 
 def test_runs_from_several_threads_are_serialised(executor, registry):
+    """Runs started together never overlap: each run's events form one block, from its
+    run_started to its run_finished, with no other run's event inside."""
+    events = []
+
+    def record(event):
+        events.append((event.kind, event.run_id))
+        if event.kind == NODE_PROGRESS:
+            time.sleep(0.001)   # long enough nodes that unserialised runs would interleave
+
+    executor.events.subscribe(record)
+    graphs = []
+    for i in range(4):
+        g = GraphBuilder(registry)
+        value = g.add("slow", value=float(i), steps=10)
+        for _ in range(3):
+            value = g.add("slow", value=value, steps=10)
+        g.add("show", value=value)
+        graphs.append(g.build())
+    threads = [threading.Thread(target=executor.run, args=(g,)) for g in graphs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    blocks = [(run_id, [kind for kind, _ in group])
+              for run_id, group in itertools.groupby(events, key=lambda e: e[1])]
+    assert len(blocks) == 4 and len({run_id for run_id, _ in blocks}) == 4
+    for _, kinds in blocks:
+        assert kinds[0] == RUN_STARTED and kinds[-1] == RUN_FINISHED
+        assert kinds.count(NODE_PROGRESS) == 40
+
+
+def test_identical_runs_from_several_threads_compute_once(executor, registry):
     graphs = [chain(20, registry).build() for _ in range(4)]
     results = []
     threads = [threading.Thread(target=lambda g=g: results.append(executor.run(g))) for g in graphs]

@@ -59,10 +59,25 @@ def test_image_graphs_run_from_drawn_sources(executor, name):
     assert PILImage.open(path).size == (64, 64)
 
 
-def test_inpaint_keeps_the_unmasked_area(executor):
-    result = executor.run(load_graph("inpaint.json"), params=FAST)
-    out = torch.tensor(np.asarray(PILImage.open(result.outputs["save"]["files"][0]))).reshape(64, 64, 3)
-    assert (out[:8, :8] == torch.tensor([0, 0, 255])).all()          # drawn background pasted back exactly
+def _png_pixels(path) -> torch.Tensor:
+    return torch.tensor(np.asarray(PILImage.open(path).convert("RGB")), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sd-inpainting"])   # 4- and 9-channel UNets
+def test_inpaint_regenerates_the_masked_area_and_keeps_every_other_pixel(executor, model):
+    from nodes.draw import draw_mask, draw_shape
+
+    nodes = load_graph("inpaint.json").to_dict()["nodes"]
+    source = draw_shape(**nodes["img"]["inputs"])
+    mask_inputs = {k: v for k, v in nodes["mask"]["inputs"].items() if k != "image"}
+    mask = draw_mask(**mask_inputs, image=source).mask[0]
+    expected = (source.pixels[0] * 255).round()
+    result = executor.run(load_graph("inpaint.json"), params={**FAST, "model": model})
+    out = _png_pixels(result.outputs["save"]["files"][0])
+    outside, inside = mask == 0, mask >= 0.999
+    assert outside.sum() > 1000 and inside.sum() > 1000
+    assert torch.equal(out[outside], expected[outside])                  # untouched, exactly
+    assert (out[inside] - expected[inside]).abs().mean() > 10            # regenerated
 
 
 def test_outpaint_keeps_the_drawn_image(executor):
@@ -81,11 +96,6 @@ def test_swapping_the_drawn_source_for_load_image(executor, settings):
         doc["params"].pop(p)
     result = executor.run(Graph.from_dict(doc), params=FAST)
     assert result.status == "succeeded" and "img" in result.ran
-
-
-def test_inpainting_unet_with_nine_channels(executor):
-    result = executor.run(load_graph("inpaint.json"), params={**FAST, "model": "tiny-sd-inpainting"})
-    assert result.status == "succeeded"
 
 
 def test_batch_items_match_their_seed_alone(executor):
@@ -132,12 +142,27 @@ def test_lcm_lora_changes_the_result_and_matches_the_pipeline(executor, ctx, mod
 
 
 def test_refiner_hand_off(executor):
-    """A refiner of its own layout (second text encoder only, aesthetic-score time ids)."""
+    """A refiner of its own layout (second text encoder only, aesthetic-score time ids) takes
+    over the base's latents for the last steps: 24 of 30 on the base, 6 on the refiner."""
+    from engine.events import NODE_PROGRESS
+
     graph = load_graph("sdxl_refiner.json")
     params = {"base": "tiny-sdxl", "refiner": "tiny-sdxl-refiner", "width": 64, "height": 64}
-    result = executor.run(graph, params=params)
-    assert result.status == "succeeded"
-    assert {"base_sampler", "refiner_sampler"} <= set(result.ran)
+    steps: dict[str, int] = {}
+
+    def count(event):
+        if event.kind == NODE_PROGRESS:
+            steps[event.node] = steps.get(event.node, 0) + 1
+
+    result = executor.run(graph, params=params, listener=count)
+    assert steps == {"base_sampler": 24, "refiner_sampler": 6}
+    [path] = result.outputs["save"]["files"]
+    assert PILImage.open(path).size == (64, 64)
+    # the refiner starts from the base's latents: without the base's steps it draws another image
+    alone = load_graph("sdxl_refiner.json").to_dict()
+    alone["nodes"]["refiner_sampler"]["inputs"]["latent"] = ["latent", "latent"]
+    other = executor.run(Graph.from_dict(alone), params=params).outputs["save"]["files"][0]
+    assert (_png_pixels(path) - _png_pixels(other)).abs().mean() > 1
 
 
 def test_refiner_graph_defaults_name_shipped_models():
@@ -152,10 +177,37 @@ def test_refiner_graph_defaults_name_shipped_models():
         assert (folder / "model_index.json").is_file() and (folder / "README.md").is_file()
 
 
-def test_long_and_weighted_prompts(executor):
+def test_prompt_weights_scale_their_tokens_in_the_conditioning(ctx):
+    from nodes.loaders import load_checkpoint_handles
+    from nodes.text import encode_text
+
+    encoder = load_checkpoint_handles(ctx, "tiny-sd").text_encoder
+
+    def embeds(text):
+        return encode_text(ctx, encoder, text).embeds[0]
+
+    def emphasis(e):   # "red" (token 2: start, "a", "red") against its neighbour "circle"
+        return float(e[2].norm() / e[3].norm())
+
+    plain = embeds("a red circle")
+    assert torch.allclose(embeds("a (red:1.0) circle"), plain)
+    assert emphasis(embeds("a (red:1.4) circle")) / emphasis(plain) == pytest.approx(1.4, rel=1e-3)
+    assert emphasis(embeds("a [red] circle")) / emphasis(plain) == pytest.approx(1 / 1.1, rel=1e-3)
+
+
+def test_long_and_weighted_prompts_reach_the_sampler(executor, ctx):
+    from nodes.loaders import load_checkpoint_handles
+    from nodes.text import encode_text
+
     long_prompt = ", ".join(["a (red:1.4) circle on a [blue] background"] * 6)
-    result = executor.run(load_graph("txt2img.json"), params={**FAST, "prompt": long_prompt})
-    assert result.status == "succeeded"
+    encoder = load_checkpoint_handles(ctx, "tiny-sd").text_encoder
+    short, long = (encode_text(ctx, encoder, t).embeds for t in ("a red circle", long_prompt))
+    assert long.shape[1] > short.shape[1] and long.shape[1] % short.shape[1] == 0   # chunked
+    graph = load_graph("txt2img.json")
+    images = [executor.run(graph, params={**FAST, "prompt": p}).outputs["save"]["files"][0]
+              for p in ("a red circle", "a (red:1.6) circle", long_prompt)]
+    plain, weighted, chunked = (_png_pixels(p) for p in images)
+    assert (plain - weighted).abs().mean() > 0.5 and (plain - chunked).abs().mean() > 0.5
 
 
 # -- errors name the node -----------------------------------------------------------------
@@ -205,3 +257,23 @@ def test_a_cached_save_is_not_reused_for_another_output_folder(settings_factory,
     assert other.ran == ["save"]
     assert Path(other.outputs["save"]["files"][0]).is_file()
     assert other.outputs["save"]["files"] != first.outputs["save"]["files"]
+
+
+def test_rerunning_a_saved_png_with_a_new_seed_in_a_new_process(settings, models_dir, tmp_path):
+    """What the README says `loom run IMAGE.png --set seed=5` does: a new process (a fresh
+    executor sharing only the disk cache) loads the checkpoint again (models are never written
+    to the cache), takes the prompt encodings from the cache and runs the sampler onwards."""
+    from engine import Cache, DiskCache, Executor
+    from engine.documents import load_document
+    from engine.models import ModelManager, ModelPaths
+
+    def new_process() -> Executor:
+        return Executor(settings=settings, cache=Cache(disk=DiskCache(tmp_path / "cache")),
+                        models=ModelManager(ModelPaths([models_dir])))
+
+    first = new_process().run(load_graph("txt2img.json"), params=FAST)
+    executor = new_process()
+    graph = load_document(first.outputs["save"]["files"][0], executor.registry)
+    again = executor.run(graph, params={"seed": 5})
+    assert set(again.ran) == {"ckpt", "sampler", "decode", "save"}
+    assert set(again.cached) == {"pos", "neg", "latent"}

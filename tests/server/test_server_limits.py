@@ -126,3 +126,19 @@ def test_the_server_refuses_a_linked_size_at_run_time(client):
     assert run["error"]["node"] == "img"
     assert "width 100000 is over this server" not in run["error"]["message"]   # engine wording
     assert "input 'width': width 100000 is over the configured limit of 2048" in run["error"]["message"]
+
+
+def test_comfyui_class_types_are_held_to_the_same_limits(tmp_path):
+    from nodes.comfy import register
+
+    registry = Registry()
+    registry.load_module("nodes.primitives")
+    register(registry)
+    assert registry.get("EmptyLatentImage").input_limits == {
+        "width": ("width", "pixels"), "height": ("height", "pixels"), "batch_size": ("batch",)}
+    assert registry.get("KSampler").input_limits["steps"] == ("steps",)
+    g = GraphBuilder(registry)
+    g.add("show", value=g.add("EmptyLatentImage", node_id="empty", width=64, height=64,
+                              batch_size=4096).out("LATENT"))
+    error = run_limited(registry, tmp_path, g)
+    assert error.node == "empty" and "batch 4096 is over" in error.message
