@@ -119,7 +119,10 @@ def test_a_client_that_stops_reading_never_stalls_the_worker(start_server):
     received = read_until_closed(laggard)   # the server closed it: recv reaches the end
     laggard.close()
     assert len(received) < 300 * 65536
-    assert received.endswith(b"\x88\x0a\x03\xf5too slow")   # close frame: 1013 "too slow"
+    # Its close frame (1013 "too slow") only gets through when the client's socket buffers still
+    # had room for it; a client that never reads may just see the connection end.
+    if b"too slow" in received:
+        assert received.endswith(b"\x88\x0a\x03\xf5too slow")
 
 
 def test_a_full_client_queue_drops_the_oldest_and_says_so():
