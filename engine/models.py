@@ -94,11 +94,26 @@ def _read_extra_paths(path: Path) -> dict[str, list[Path]]:
         raise LoomError(f"{path}: expected a mapping of model kind to folders")
     extra: dict[str, list[Path]] = {}
     for kind, folders in data.items():
+        if isinstance(folders, dict):      # ComfyUI's extra_model_paths.yaml: one section per install
+            _add_comfy_section(path, kind, folders, extra)
+            continue
         folders = [folders] if isinstance(folders, str) else folders
         if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
             raise LoomError(f"{path}: '{kind}' must be a folder or a list of folders")
-        extra[kind] = [(path.parent / f).resolve() for f in folders]
+        extra.setdefault(kind, []).extend((path.parent / f).resolve() for f in folders)
     return extra
+
+
+def _add_comfy_section(path: Path, name: str, section: dict, extra: dict[str, list[Path]]) -> None:
+    """`{base_path, kind: "folder" or "one folder per line", ...}`, folders relative to base_path
+    (itself relative to the file), as ComfyUI reads its extra_model_paths.yaml."""
+    base = path.parent / os.path.expanduser(str(section.get("base_path") or ""))
+    for kind, folders in section.items():
+        if kind in ("base_path", "is_default"):
+            continue
+        if not isinstance(folders, str):
+            raise LoomError(f"{path}: '{name}.{kind}' must be a folder, or folders one per line")
+        extra.setdefault(kind, []).extend((base / f.strip()).resolve() for f in folders.splitlines() if f.strip())
 
 
 _digest_memo: OrderedDict[tuple, str] = OrderedDict()   # file stamps -> digest, newest last

@@ -259,3 +259,22 @@ def test_ksampler_widgets_are_read_with_or_without_the_control_value(registry, s
     assert ui_to_api(workflow, registry)["3"]["inputs"] == {
         "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
         "denoise": denoise}
+
+
+def test_comfyuis_extra_model_paths_yaml_is_read(tmp_path, models_dir):
+    """Sections with a base_path and folders one per line, as ComfyUI writes the file."""
+    import shutil
+
+    from engine.models import ModelPaths
+
+    webui = tmp_path / "webui"
+    (webui / "models" / "Lora").mkdir(parents=True)
+    shutil.copy(models_dir / "loras" / "lcm-lora-shapes-tiny.safetensors", webui / "models" / "Lora" / "lcm.safetensors")
+    (tmp_path / "comfy" / "models" / "checkpoints").mkdir(parents=True)
+    config = tmp_path / "extra_model_paths.yaml"
+    config.write_text("a111:\n    base_path: webui\n    loras: |\n        models/Lora\n        models/LyCORIS\n"
+                      "comfyui:\n    base_path: comfy/\n    is_default: true\n    checkpoints: models/checkpoints/\n")
+    paths = ModelPaths([models_dir], config)
+    assert paths.resolve("loras", "lcm") == (webui / "models" / "Lora" / "lcm.safetensors").resolve()
+    assert (tmp_path / "comfy" / "models" / "checkpoints").resolve() in paths.folders("checkpoints")
+    assert (webui / "models" / "LyCORIS").resolve() in paths.folders("loras")
