@@ -89,9 +89,11 @@ def read_api_prompt(prompt: Any, registry: Registry | None = None,
             else:
                 inputs[name] = value
         node: dict[str, Any] = {"type": raw["class_type"], "inputs": inputs}
-        title = (raw.get("_meta") or {}).get("title")
-        if isinstance(title, str):
-            node["meta"] = {"title": title}
+        raw_meta = raw.get("_meta") or {}
+        meta = {key: raw_meta[key] for key, kind in (("title", str), ("models", list))
+                if isinstance(raw_meta.get(key), kind)}
+        if meta:
+            node["meta"] = meta
         nodes[node_id] = node
     if problems:
         raise GraphError(problems)

@@ -86,8 +86,14 @@ def ui_to_api(workflow: dict, registry: Registry, source: str | None = None) -> 
                 continue
             inputs[name] = [str(found[1]), found[2]] if found[0] == "link" else found[1]
         node: dict[str, Any] = {"inputs": inputs, "class_type": kind}
+        meta = {}
         if isinstance(raw.get("title"), str):
-            node["_meta"] = {"title": raw["title"]}
+            meta["title"] = raw["title"]
+        models = (raw.get("properties") or {}).get("models")
+        if isinstance(models, list):
+            meta["models"] = models   # where the editor says a missing model can be downloaded
+        if meta:
+            node["_meta"] = meta
         prompt[str(node_id)] = node
     return prompt
 

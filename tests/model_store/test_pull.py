@@ -257,3 +257,21 @@ def test_list_and_verify_the_shipped_models_and_a_corrupted_copy(tmp_path, capsy
     assert main(["models", "verify", "shapes-tiny", "--models-dir", str(tmp_path / "models")]) == 1
     report = capsys.readouterr().out
     assert "truncated" in report and "diffusion_pytorch_model.safetensors" in report
+
+
+def test_a_comfy_ui_workflow_names_the_download_of_its_missing_checkpoint(tmp_path, capsys):
+    workflows = Path(__file__).resolve().parents[1] / "comfy" / "workflows"
+    workflow = json.loads((workflows / "txt2img.ui.json").read_text())
+    loader = next(n for n in workflow["nodes"] if n["type"] == "CheckpointLoaderSimple")
+    loader["widgets_values"] = ["v1-5-pruned-emaonly.safetensors"]
+    loader["properties"]["models"] = [{
+        "name": "v1-5-pruned-emaonly.safetensors", "directory": "checkpoints",
+        "url": "https://example.org/v1-5-pruned-emaonly.safetensors"}]
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(workflow))
+    shipped = Path(__file__).resolve().parents[2] / "models"
+    assert main(["validate", str(path), "--models-dir", str(shipped)]) == 2
+    message = capsys.readouterr().err
+    assert "v1-5-pruned-emaonly" in message
+    assert ("loom models pull https://example.org/v1-5-pruned-emaonly.safetensors "
+            "--kind checkpoints") in message
