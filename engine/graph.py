@@ -21,11 +21,13 @@ from .errors import GraphError, Problem
 FORMAT_VERSION = 1
 LITERAL_ESCAPE = "$literal"
 MAX_NESTING = 100   # lists/objects inside one value; deeper input is refused, never recursed into
+MAX_INT_BITS = 4096  # integers past this (about 1200 digits) cannot be printed or keyed cheaply
 
 
-def nested_too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
-    """True when lists/objects nest more than `limit` deep (checked without recursion, so a
-    hostile document cannot exhaust the stack here or later in repr, keys or size estimates)."""
+def literal_problem(value: Any) -> str | None:
+    """Why a literal cannot be taken (nested more than MAX_NESTING deep, or an integer too long
+    to print), or None. Checked without recursion, so a hostile document cannot exhaust the
+    stack here or later in messages, keys or size estimates."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -34,14 +36,13 @@ def nested_too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
         elif isinstance(item, (list, tuple)):
             children = item
         else:
+            if isinstance(item, int) and item.bit_length() > MAX_INT_BITS:
+                return f"holds an integer of more than {MAX_INT_BITS} bits"
             continue
-        if depth > limit:
-            return True
+        if depth > MAX_NESTING:
+            return f"is nested more than {MAX_NESTING} levels deep"
         stack.extend((child, depth + 1) for child in children)
-    return False
-
-
-TOO_DEEP = f"nested more than {MAX_NESTING} levels deep"
+    return None
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,8 @@ class Graph:
         meta = data.get("meta")
         if meta is not None and not isinstance(meta, dict):
             bad("'meta' must be an object")
-        elif nested_too_deep(meta):
-            bad(f"'meta' is {TOO_DEEP}")
+        elif literal_problem(meta):
+            bad(f"'meta' {literal_problem(meta)}")
         if problems:
             raise GraphError(problems)
         return cls(nodes=nodes, params=params, meta=meta, name=name, source=source)
@@ -138,7 +139,8 @@ class Graph:
         try:
             data = json.loads(text)
         except RecursionError:
-            raise GraphError([Problem(f"the JSON is {TOO_DEEP}", file=source)]) from None
+            raise GraphError([Problem(f"the JSON is nested more than {MAX_NESTING} levels deep",
+                                      file=source)]) from None
         except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer too long to read
             where = f" at line {exc.lineno}, column {exc.colno}" if hasattr(exc, "lineno") else ""
             raise GraphError([Problem(f"not valid JSON{where}: {getattr(exc, 'msg', exc)}",
@@ -223,8 +225,9 @@ def _parse_node(node_id: str, raw: Any, bad) -> NodeEntry | None:
         return None
     inputs: dict[str, Any] = {}
     for name, value in raw_inputs.items():
-        if nested_too_deep(value):
-            bad(f"the value is {TOO_DEEP}", node=node_id, input=name)
+        problem = literal_problem(value)
+        if problem:
+            bad(f"the value {problem}", node=node_id, input=name)
             continue
         if _looks_like_link(value):
             inputs[name] = Link(value[0], value[1])
@@ -240,8 +243,8 @@ def _parse_node(node_id: str, raw: Any, bad) -> NodeEntry | None:
     if meta is not None and not isinstance(meta, dict):
         bad("'meta' must be an object", node=node_id)
         return None
-    if nested_too_deep(meta):
-        bad(f"'meta' is {TOO_DEEP}", node=node_id)
+    if literal_problem(meta):
+        bad(f"'meta' {literal_problem(meta)}", node=node_id)
         return None
     return NodeEntry(node_type, inputs, version, meta)
 

@@ -15,7 +15,7 @@ from typing import Any
 import networkx as nx
 
 from .errors import GraphError, Problem
-from .graph import TOO_DEEP, Graph, Link, NodeEntry, nested_too_deep
+from .graph import Graph, Link, NodeEntry, literal_problem
 from .node import NodeSpec
 from .registry import Registry
 from .types import is_assignable, type_name
@@ -202,8 +202,8 @@ def _check_inputs(node_id: str, spec: NodeSpec, inputs: dict[str, Any], bad):
                     f"file named by it before anything runs), not linked from '{value.node}.{value.output}'",
                     node=node_id, input=name)
             links[name] = value
-        elif nested_too_deep(value):
-            bad(f"the value is {TOO_DEEP}", node=node_id, input=name)
+        elif literal_problem(value):
+            bad(f"the value {literal_problem(value)}", node=node_id, input=name)
         elif not ispec.literal:
             bad(f"must be linked from an output of type {type_name(ispec.annotation)}, "
                 f"not given a literal", node=node_id, input=name)

@@ -73,12 +73,6 @@ def input_file(settings: Settings, name: str, input_name: str, what: str = "file
     return path
 
 
-def output_folder_fingerprint(settings: Settings, **_: Any) -> str:
-    """For nodes that write files: a result cached for one output folder is not the files
-    in another (a different `--out`, or another checkout sharing the cache)."""
-    return str(Path(settings.output_dir).resolve())
-
-
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 

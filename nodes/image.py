@@ -25,7 +25,7 @@ from engine.paths import UnsafePath, contained
 from engine.settings import Settings
 from engine.types import OutputFiles, file_input
 
-from ._common import input_file, output_folder_fingerprint
+from ._common import input_file
 from .types import Image, Mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -142,7 +142,7 @@ def write_png_unique(folder: Path, stem: str, pil, pnginfo) -> Path:
 
 
 @node("save_image", category="image", version=1, output_node=True, output="files",
-      fingerprint=output_folder_fingerprint)
+      cache=False)
 def save_image(ctx: Context, images: Image,
                prefix: file_input("output", max_length=200) = "loom",
                embed_graph: bool = True) -> OutputFiles:

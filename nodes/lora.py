@@ -4,11 +4,16 @@ The UNet and text encoders in memory are shared by every handle loaded from the 
 checkpoint, so a LoRA is never fused into them. Each LoRA file is loaded once per module
 as a peft adapter (named after its content digest); before a node uses a module it calls
 `activate_*`, which enables exactly the handle's adapters with the handle's strengths
-(or disables all adapters for a handle without LoRAs).
+(or disables all adapters for a handle without LoRAs). A module keeps at most
+`IDLE_ADAPTERS` adapters that the current use does not need, the least recently used going
+first, so a server that sees many LoRAs does not grow its shared modules without bound.
+A LoRA's state dict is read when its adapter is created and then let go: the weights live
+in the adapter, not in the model manager beside the checkpoints.
 """
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from engine.context import Context
@@ -18,41 +23,49 @@ from .types import DiffusionModel, LoraSpec, TextEncoder
 
 _lock = threading.RLock()
 _TE_PREFIXES = ("text_encoder", "text_encoder_2")
+IDLE_ADAPTERS = 4
 
 
 def _adapter_name(spec: LoraSpec) -> str:
     return "lora_" + spec.digest[:16]
 
 
-def _state_dict(ctx: Context | None, spec: LoraSpec, family: str) -> tuple[dict, Any]:
+def _state_dict(spec: LoraSpec, family: str) -> tuple[dict, Any]:
     """The LoRA in diffusers' key layout (kohya / A1111 files are converted by diffusers)."""
     import diffusers.loaders
 
     from .families import family as family_of
 
     loader = getattr(diffusers.loaders, family_of(family).lora_loader)
-
-    def load():
-        state, alphas = loader.lora_state_dict(spec.path)
-        return state, alphas
-
-    if ctx is None:
-        return load()
-    return ctx.models.get(("lora", spec.digest, family), load)
+    return loader.lora_state_dict(spec.path)
 
 
 def check_lora(ctx: Context, spec: LoraSpec) -> None:
     """Fail early (naming the input) when the file is not a LoRA diffusers can read."""
     try:
-        state, _ = _state_dict(ctx, spec, "sd1")
+        state, _ = _state_dict(spec, "sd1")
     except Exception as exc:  # noqa: BLE001 - any unreadable file
         raise NodeInputError("name", f"{spec.name} is not a LoRA file diffusers can read: {exc}") from None
     if not any(k.startswith(("unet.", *[p + "." for p in _TE_PREFIXES])) for k in state):
         raise NodeInputError("name", f"{spec.name} holds no UNet or text-encoder LoRA weights")
 
 
-def _loaded(module: Any) -> set:
-    return getattr(module, "_loom_adapters", set())
+def _loaded(module: Any) -> OrderedDict:
+    """Adapter names on a shared module, least recently used first."""
+    if not hasattr(module, "_loom_adapters"):
+        module._loom_adapters = OrderedDict()
+    return module._loom_adapters
+
+
+def _retire_idle(module: Any, active: list[str], delete) -> None:
+    """Mark `active` as just used and delete the oldest adapters beyond IDLE_ADAPTERS unused ones."""
+    loaded = _loaded(module)
+    for name in active:
+        loaded.move_to_end(name)
+    idle = [name for name in loaded if name not in active]
+    for name in idle[:max(0, len(idle) - IDLE_ADAPTERS)]:
+        delete(name)
+        del loaded[name]
 
 
 def activate_unet(model: DiffusionModel) -> None:
@@ -63,15 +76,16 @@ def activate_unet(model: DiffusionModel) -> None:
         for spec in active:
             name = _adapter_name(spec)
             if name not in _loaded(unet):
-                state, alphas = _state_dict(None, spec, model.family)
+                state, alphas = _state_dict(spec, model.family)
                 unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}
                 if not unet_state:
                     continue
                 from diffusers.loaders import StableDiffusionLoraLoaderMixin
                 StableDiffusionLoraLoaderMixin.load_lora_into_unet(
                     unet_state, alphas, unet=unet, adapter_name=name)
-                unet._loom_adapters = _loaded(unet) | {name}
+                _loaded(unet)[name] = None
         names = [_adapter_name(s) for s in active if _adapter_name(s) in _loaded(unet)]
+        _retire_idle(unet, names, unet.delete_adapters)
         if names:
             unet.enable_lora()
             unet.set_adapters(names, weights=[s.strength_model for s in active
@@ -82,8 +96,8 @@ def activate_unet(model: DiffusionModel) -> None:
 
 def activate_text_encoders(te: TextEncoder) -> None:
     """Enable exactly `te.loras` (with strength_clip) on each shared text encoder."""
-    from diffusers.loaders.lora_base import (disable_lora_for_text_encoder, enable_lora_for_text_encoder,
-                                             set_adapters_for_text_encoder)
+    from diffusers.loaders.lora_base import (delete_adapter_layers, disable_lora_for_text_encoder,
+                                             enable_lora_for_text_encoder, set_adapters_for_text_encoder)
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
     with _lock:
@@ -96,13 +110,15 @@ def activate_text_encoders(te: TextEncoder) -> None:
                 name = _adapter_name(spec)
                 if name in _loaded(encoder):
                     continue
-                state, alphas = _state_dict(None, spec, te.family)
+                state, alphas = _state_dict(spec, te.family)
                 if not any(k.startswith(prefix + ".") for k in state):
                     continue
                 StableDiffusionLoraLoaderMixin.load_lora_into_text_encoder(
                     state, alphas, encoder, prefix=prefix, adapter_name=name)
-                encoder._loom_adapters = _loaded(encoder) | {name}
+                _loaded(encoder)[name] = None
             usable = [s for s in active if _adapter_name(s) in _loaded(encoder)]
+            _retire_idle(encoder, [_adapter_name(s) for s in usable],
+                         lambda name, encoder=encoder: delete_adapter_layers(encoder, name))
             if usable:
                 enable_lora_for_text_encoder(encoder)
                 set_adapters_for_text_encoder([_adapter_name(s) for s in usable], encoder,

@@ -1,10 +1,10 @@
 """ControlNet preprocessors (controlnet-aux): image in, hint out.
 
-Weightless detectors (canny, content shuffle, standard lineart, colour shuffle) run as they
-are. Detectors with weights (HED, PidiNet, MLSD, lineart, lineart anime, normal BAE, MiDaS,
-Zoe, OpenPose) read their file from models/annotators (the file names of the
-lllyasviel/Annotators repository, which is what controlnet-aux's from_pretrained expects
-in a local folder); nothing is ever downloaded, and a missing file is named in the error.
+Weightless detectors (canny, standard lineart) run as they are; the content shuffle is drawn
+here, from a generator of its own rather than numpy's process-wide one. Detectors with
+weights (HED, PidiNet, MLSD, lineart, lineart anime, normal BAE, MiDaS, Zoe, OpenPose) read
+their file from models/annotators (the file names of the lllyasviel/Annotators repository,
+which is what controlnet-aux's from_pretrained expects in a local folder); nothing is ever downloaded, and a missing file is named in the error.
 Those files are pickles, so they also need the allow_pickle setting, and even then they are
 only read where controlnet-aux's own `torch.load` calls cannot unpickle arbitrary objects:
 torch >= 2.6 (weights-only by default) without TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.
@@ -110,19 +110,28 @@ def canny(image: Image, low_threshold: Annotated[int, Field(ge=0, le=255)] = 100
 
 @node("content_shuffle", category="control/preprocess", version=1)
 def content_shuffle(image: Image, seed: Annotated[int, Field(ge=0, lt=2**32)] = 0) -> ControlHint:
-    """Randomly warped copy of the image (for the shuffle ControlNet); seeded, so cacheable."""
-    import numpy as np
-    detector = detector_class("controlnet_aux.shuffle", "ContentShuffleDetector")()
+    """Randomly warped copy of the image (for the shuffle ControlNet): each pixel is taken from
+    where two smooth random fields point. The fields come from a generator of the node's own
+    (never the process-wide RNG, which other runs share), so the node is seeded and cacheable."""
+    import torch
+    import torch.nn.functional as F
 
-    def detect(a):
-        state = np.random.get_state()
-        np.random.seed(seed)
-        try:
-            return detector(a, detect_resolution=min(a.shape[:2]), image_resolution=min(a.shape[:2]),
-                            output_type="np")
-        finally:
-            np.random.set_state(state)
-    return run_detector(image, "shuffle", detect)
+    if isinstance(image, ControlHint):
+        return image
+    generator = torch.Generator().manual_seed(seed)
+    height, width, cell = image.height, image.width, 256
+
+    def smooth_field() -> torch.Tensor:
+        """[H, W] in 0..1: uniform noise on a coarse grid, bicubically enlarged and cropped."""
+        coarse = torch.rand(1, 1, height // cell + 2, width // cell + 2, generator=generator, dtype=torch.float64)
+        fine = F.interpolate(coarse, size=(height + 2 * cell, width + 2 * cell), mode="bicubic",
+                             align_corners=False)[0, 0, cell:cell + height, cell:cell + width]
+        return (fine - fine.min()) / (fine.max() - fine.min()).clamp_min(1e-12)
+
+    grid = torch.stack([smooth_field() * 2 - 1, smooth_field() * 2 - 1], dim=-1).float()
+    pixels = F.grid_sample(image.pixels.permute(0, 3, 1, 2), grid.expand(image.batch, -1, -1, -1),
+                           mode="bilinear", align_corners=True)
+    return ControlHint(pixels.permute(0, 2, 3, 1).contiguous(), kind="shuffle")
 
 
 @node("lineart_standard", category="control/preprocess", version=1)
@@ -205,6 +214,8 @@ def preprocess(ctx: Context, image: Image, detector: WeightedName,
         model = cls.from_pretrained(str(folder), **files)
         return model.to(ctx.settings.device) if hasattr(model, "to") else model
 
-    model = ctx.models.get(("annotator", detector, str(folder), ctx.settings.device), load)
+    # Keyed by the files' content like every model: an edited file is never served from memory.
+    identity = ("annotator", detector, _annotator_fingerprint(detector, ctx.settings), ctx.settings.device)
+    model = ctx.models.get(identity, load)
     return run_detector(image, detector, lambda a: np.asarray(model(
         a, detect_resolution=resolution, image_resolution=resolution, output_type="np")))

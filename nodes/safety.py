@@ -28,7 +28,7 @@ from engine.paths import UnsafePath, contained
 from engine.settings import Settings
 from engine.types import OutputFiles, file_input
 
-from ._common import input_file, output_folder_fingerprint
+from ._common import input_file
 from .types import Image
 
 DEFAULT_BLOCKLIST = Path(__file__).parent / "data" / "blocklist.txt"
@@ -128,7 +128,7 @@ def generation_log(ctx: Context, images: Image, prompt: str = "", seed: int = -1
 
 
 @node("save_image_provenance", category="safety", version=1, output_node=True, output="files",
-      fingerprint=output_folder_fingerprint)
+      cache=False)
 def save_image_provenance(ctx: Context, images: Image,
                           prefix: file_input("output", max_length=200) = "loom",
                           watermark: str = "", model: str = "", prompt: str = "",

@@ -264,7 +264,6 @@ class TextEncoder(_PortType):
     (nodes/families): one for SD 1.x/2.x, CLIP-L + bigG for SDXL (the refiner has only bigG),
     CLIP-L + CLIP-G + T5-XXL for SD3, CLIP-L + T5-XXL for FLUX. `roles` names each encoder
     (clip_l, clip_g, t5xxl, ...); a slot a checkpoint leaves out (SD3 without T5) is absent.
-    `pad_cache` memoises the encoding of an empty chunk per LoRA setup.
     """
 
     tokenizers: list[Any]
@@ -275,7 +274,6 @@ class TextEncoder(_PortType):
     dtype: torch.dtype = field(default_factory=float32)
     loras: list[LoraSpec] = field(default_factory=list)
     clip_skip: int = 0
-    pad_cache: dict = field(default_factory=dict, repr=False)
     roles: list[str] = field(default_factory=list)
 
     def encoder_for(self, role: str) -> tuple[Any, Any] | None:
@@ -288,8 +286,7 @@ class TextEncoder(_PortType):
     def with_patch(self, *, loras: list[LoraSpec] | None = None,
                    clip_skip: int | None = None) -> "TextEncoder":
         return dataclasses.replace(self, loras=[*self.loras, *(loras or [])],
-                                   clip_skip=self.clip_skip if clip_skip is None else clip_skip,
-                                   pad_cache={})
+                                   clip_skip=self.clip_skip if clip_skip is None else clip_skip)
 
 
 @dataclass(eq=False)

@@ -220,10 +220,6 @@ def progressive_upscale(ctx: Context, image: Image,
 # Stable Diffusion x4 upscaler
 # ---------------------------------------------------------------------------
 
-def _sd_upscaler_fingerprint(name: str, settings: Settings, **_) -> str:
-    return fingerprint_model(settings, "upscale_models", name)
-
-
 def _load_sd_upscaler(ctx: Context, name: str):
     path = resolve_model(ctx, "upscale_models", name)
     if not (path.is_dir() and (path / "model_index.json").is_file()):
@@ -240,7 +236,7 @@ def _load_sd_upscaler(ctx: Context, name: str):
     return ctx.models.get(("sd_upscale", f"{file_digest(path)}|{device}|{dtype}"), load)
 
 
-@node("sd_upscale", category="upscale", version=1, fingerprint=_sd_upscaler_fingerprint)
+@node("sd_upscale", category="upscale", version=1, fingerprint=_upscale_fingerprint)
 def sd_upscale(ctx: Context, image: Image, name: model_name("upscale_models"), prompt: str = "", negative: str = "",
                noise_level: Annotated[int, Field(ge=0, le=350)] = 20,
                steps: Annotated[int, Field(ge=1, le=500), Limit("steps")] = 20,

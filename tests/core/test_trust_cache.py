@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine import Cache, Context, Executor, GraphBuilder, GraphError, NodeError, Settings, node
+from engine import Cache, Context, Executor, GraphBuilder, GraphError, Settings, node
 from engine.events import NODE_FAILED, RUN_FAILED
 from engine.graph import MAX_NESTING, Graph
 from engine.models import file_digest
