@@ -86,6 +86,8 @@ def read_api_prompt(prompt: Any, registry: Registry | None = None,
                 inputs[name] = {LITERAL_ESCAPE: value["__value__"]}
             elif isinstance(value, list) or (isinstance(value, dict) and set(value) == {LITERAL_ESCAPE}):
                 inputs[name] = {LITERAL_ESCAPE: value}
+            elif isinstance(value, str) and value.endswith(ANNOTATIONS) and _is_input_file(spec.inputs[name]):
+                inputs[name] = _input_file_name(value, node_id, name, problems, source)
             else:
                 inputs[name] = value
         node: dict[str, Any] = {"type": raw["class_type"], "inputs": inputs}
@@ -98,6 +100,23 @@ def read_api_prompt(prompt: Any, registry: Registry | None = None,
     if problems:
         raise GraphError(problems)
     return {"loom": 1, "params": _params(nodes), "nodes": nodes}, {str(i): str(i) for i in prompt}
+
+
+# ComfyUI annotates a file name with the folder it was picked from: "cat.png [input]"
+ANNOTATIONS = (" [input]", " [output]", " [temp]")
+
+
+def _is_input_file(input_spec) -> bool:
+    return input_spec.json_schema().get("x-loom-path") == "input"
+
+
+def _input_file_name(value: str, node_id: str, name: str, problems: list[Problem], source: str | None) -> str:
+    if value.endswith(" [input]"):
+        return value.removesuffix(" [input]")
+    problems.append(Problem(f"{value!r} names a file in ComfyUI's output or temp folder; Loom reads "
+                            "images from the input folder", node=node_id, input=name, file=source,
+                            hint="copy the image into the input folder and name it there"))
+    return value
 
 
 def _link(prompt: dict, registry: Registry, node_id: str, name: str, value: list,

@@ -278,3 +278,13 @@ def test_comfyuis_extra_model_paths_yaml_is_read(tmp_path, models_dir):
     assert paths.resolve("loras", "lcm") == (webui / "models" / "Lora" / "lcm.safetensors").resolve()
     assert (tmp_path / "comfy" / "models" / "checkpoints").resolve() in paths.folders("checkpoints")
     assert (webui / "models" / "LyCORIS").resolve() in paths.folders("loras")
+
+
+def test_annotated_image_names_are_read_as_the_editor_means_them(registry):
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "pasted/cat.png [input]"}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    assert read_api_prompt(prompt, registry)[0]["nodes"]["1"]["inputs"]["image"] == "pasted/cat.png"
+    prompt["1"]["inputs"]["image"] = "ComfyUI_00001_.png [output]"
+    with pytest.raises(GraphError) as info:
+        read_api_prompt(prompt, registry)
+    assert (info.value.problems[0].node, info.value.problems[0].input) == ("1", "image")

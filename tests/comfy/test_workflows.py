@@ -203,3 +203,15 @@ def test_vae_loader_reads_a_vae_folder_named_as_a_file(registry, settings_factor
     graph = read_document(Document.from_value(prompt), registry)[0]
     outputs = executor.run(graph).outputs
     assert (_pixels(outputs["9"]["files"][0]) == _pixels(outputs["12"]["files"][0])).all()
+
+
+def test_schema_1_link_objects_read_like_link_arrays(registry):
+    """The editor's newer schema writes links as objects; the graph is the same."""
+    from nodes.comfy import read_ui_workflow
+
+    workflow = json.loads((WORKFLOWS / "txt2img.ui.json").read_text())
+    workflow["version"] = 1
+    workflow["links"] = [{"id": i, "origin_id": a, "origin_slot": b, "target_id": c, "target_slot": d, "type": t}
+                         for i, a, b, c, d, t in workflow["links"]]
+    document, _ = read_ui_workflow(workflow, registry)
+    assert document == read("txt2img.ui.json", registry)[0].to_dict()
