@@ -154,7 +154,7 @@ def _sample(ctx: Context, model: DiffusionModel, positive: Conditioning, negativ
 
 @node("KSampler", category="comfy/sampling", output="LATENT")
 def ksampler(ctx: Context, model: DiffusionModel, seed: Seed = 0, steps: Steps = 20, cfg: Cfg = 8.0,
-             sampler_name: SamplerName = "euler", scheduler: SchedulerName = "normal", *,
+             sampler_name: SamplerName = "euler", scheduler: SchedulerName = "simple", *,
              positive: Conditioning, negative: Conditioning, latent_image: Latent,
              denoise: Annotated[float, Field(ge=0, le=1)] = 1.0) -> Latent:
     """Denoise the latent (Loom's sampler). denoise < 1 runs `steps` steps over the last part
@@ -170,7 +170,7 @@ def ksampler(ctx: Context, model: DiffusionModel, seed: Seed = 0, steps: Steps =
 def ksampler_advanced(ctx: Context, model: DiffusionModel,
                       add_noise: Literal["enable", "disable"] = "enable", noise_seed: Seed = 0,
                       steps: Steps = 20, cfg: Cfg = 8.0, sampler_name: SamplerName = "euler",
-                      scheduler: SchedulerName = "normal", *,
+                      scheduler: SchedulerName = "simple", *,
                       positive: Conditioning, negative: Conditioning, latent_image: Latent,
                       start_at_step: Annotated[int, Field(ge=0, le=10000)] = 0,
                       end_at_step: Annotated[int, Field(ge=0, le=10000)] = 10000,

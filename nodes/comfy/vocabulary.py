@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-# ComfyUI sampler_name -> Loom scheduler (nodes.sampling.SCHEDULERS). The `_gpu` variants
+# ComfyUI sampler_name -> Loom scheduler (nodes.sampling.SCHEDULERS), in ComfyUI's order. The `_gpu` variants
 # are the same solvers with their noise drawn on the GPU; Loom draws seeded noise on the CPU.
 SAMPLERS: dict[str, str] = {
     "euler": "euler",
@@ -32,14 +32,14 @@ SAMPLERS: dict[str, str] = {
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 
 # ComfyUI scheduler -> Loom sigma schedule (nodes.sampling.SCHEDULE_OPTIONS).
-SCHEDULES: dict[str, str] = {
-    "normal": "normal",
-    "karras": "karras",
-    "exponential": "exponential",
+SCHEDULES: dict[str, str] = {      # in ComfyUI's order (its first, "simple", is the default)
     "simple": "simple",
     "sgm_uniform": "sgm_uniform",
+    "karras": "karras",
+    "exponential": "exponential",
     "ddim_uniform": "ddim_uniform",
     "beta": "beta",
+    "normal": "normal",
 }
 SchedulerName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
 
