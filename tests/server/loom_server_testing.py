@@ -65,6 +65,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> "ServerProcess":
         self.port = free_port()
+        (self.data_dir / "models").mkdir(parents=True, exist_ok=True)   # a missing one is an error
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(server_command(self.port, self.data_dir, *self.extra),
                                      cwd=REPO, env=server_env(), stdout=log, stderr=subprocess.STDOUT)

@@ -292,6 +292,7 @@ def test_binding_beyond_loopback_without_a_token_is_refused(host):
 
 
 def test_the_server_process_refuses_a_public_bind_without_a_token(tmp_path):
+    (tmp_path / "d" / "models").mkdir(parents=True)
     result = subprocess.run(server_command(1, tmp_path / "d", host="0.0.0.0"), cwd=REPO,
                             env=server_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
@@ -313,6 +314,7 @@ def test_a_wildcard_allowed_host_on_loopback_needs_a_token(pattern):
 
 
 def test_the_server_process_refuses_allow_host_star_without_a_token(tmp_path):
+    (tmp_path / "d" / "models").mkdir(parents=True)
     result = subprocess.run(server_command(1, tmp_path / "d", "--allow-host", "*"), cwd=REPO,
                             env=server_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
