@@ -87,7 +87,7 @@ def input_amounts(declared: Mapping[str, Iterable[str]], values: Mapping[str, An
             continue
         for kind in kinds:
             total, blamed = found.get(kind, (1, name))
-            found[kind] = (total * amount, blamed if kind in found else name)
+            found[kind] = (total * amount, blamed)
     return found
 
 
@@ -109,14 +109,14 @@ class RunBudget:
         self.spent: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def check(self, kind: str, amount: float, input: str | None = None, *, spend: bool = True) -> None:
-        """Raise LimitExceeded if `amount` of `kind` is over the per-node limit or (spent) the
+    def check(self, kind: str, amount: float, input: str | None = None) -> None:
+        """Spend `amount` of `kind`; LimitExceeded if it is over the per-node limit or the
         run's remaining total."""
         limit = self.limits.per_node.get(kind)
         if limit is not None and amount > limit:
             raise LimitExceeded(kind, amount, limit, input)
         total = self.limits.per_run.get(kind)
-        if not spend or total is None:
+        if total is None:
             return
         with self._lock:
             spent = self.spent.get(kind, 0) + amount

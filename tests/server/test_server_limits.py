@@ -3,9 +3,12 @@ nested loops, a run's total steps and time. Nodes declare limits; the engine enf
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine import Executor, GraphBuilder, NodeError, Registry, Settings
-from engine.limits import Limit, Limits, LimitExceeded, RunBudget, declared_limits, input_amounts
+from engine.limits import (Limit, LimitExceeded, Limits, RunBudget, declared_limits, input_amounts,
+                           over_node_limits)
 from loom_server_testing import graph, wait_final
 from server.config import GraphLimits
 
@@ -142,3 +145,24 @@ def test_comfyui_class_types_are_held_to_the_same_limits(tmp_path):
                               batch_size=4096).out("LATENT"))
     error = run_limited(registry, tmp_path, g)
     assert error.node == "empty" and "batch 4096 is over" in error.message
+
+
+@given(values=st.dictionaries(st.sampled_from(["a", "b", "c"]),
+                              st.one_of(st.integers(0, 10_000), st.lists(st.integers(), max_size=20),
+                                        st.none(), st.booleans(), st.text(max_size=3))),
+       kinds=st.dictionaries(st.sampled_from(["a", "b", "c"]),
+                             st.lists(st.sampled_from(["pixels", "batch"]), max_size=2, unique=True)),
+       limit=st.integers(0, 100_000))
+def test_a_node_is_refused_exactly_when_the_product_of_its_declared_inputs_is_over(values, kinds, limit):
+    expected: dict[str, int] = {}
+    for name, declared in kinds.items():
+        value = values.get(name)
+        amount = len(value) if isinstance(value, list) else (
+            value if isinstance(value, int) and not isinstance(value, bool) else None)
+        if amount is None:
+            continue
+        for kind in declared:
+            expected[kind] = expected.get(kind, 1) * amount
+    assert {k: a for k, (a, _) in input_amounts(kinds, values).items()} == expected
+    refused = {e.kind for e in over_node_limits(kinds, values, Limits(per_node={"pixels": limit}))}
+    assert refused == ({"pixels"} if expected.get("pixels", 0) > limit else set())
