@@ -56,7 +56,11 @@ def _fingerprint(kinds: tuple[str, ...], settings: Settings, name: str) -> str:
 def tensor_keys(path: Path, settings: Settings) -> dict[str, tuple]:
     """Tensor name -> shape of a .safetensors or .gguf file, without loading the tensors."""
     if path.suffix == ".gguf":
-        from gguf import GGUFReader
+        try:
+            from gguf import GGUFReader
+        except ImportError:
+            raise NodeInputError("name", f"{path.name}: reading GGUF files needs the gguf package "
+                                         "(pip install 'loom[gguf]')") from None
 
         try:
             return {t.name: tuple(int(d) for d in reversed(t.shape)) for t in GGUFReader(str(path)).tensors}
@@ -134,7 +138,7 @@ def load_denoiser(ctx: Context, name: str, config: str = "auto") -> DiffusionMod
                           identity=f"denoiser:{identity}", device=device, dtype=dtype)
 
 
-@node("load_diffusion_model", category="loaders", version=1,
+@node("load_diffusion_model", category="loaders", version=1, output="model",
       fingerprint=lambda name, config="auto", *, settings, **_: _fingerprint(DENOISER_KINDS, settings, name) + f"|{config}")
 def load_diffusion_model(ctx: Context, name: model_name("diffusion_models"),
                          config: Annotated[str, Field(description="config folder: 'auto' picks the family's "

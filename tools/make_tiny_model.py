@@ -396,6 +396,25 @@ def write_split_files(pipe, models: Path, name: str, fp8_t5: bool = False) -> di
     return files
 
 
+def write_flow_model(models: Path, name: str, seed: int = 0, flux: bool = False, fp16: bool = False) -> None:
+    """A tiny SD3.5 checkpoint folder, or tiny FLUX parts as folders in ComfyUI's layout."""
+    pipe = make_flux_pipeline(seed) if flux else make_sd3_pipeline(seed)
+    if fp16:
+        pipe = pipe.to(torch.float16)
+    if not flux:
+        pipe.save_pretrained(models / "checkpoints" / name)
+        print(f"wrote {models / 'checkpoints' / name}")
+        return
+    parts = {models / "diffusion_models" / name: [pipe.transformer],
+             models / "text_encoders" / f"{name}-clip_l": [pipe.text_encoder, pipe.tokenizer],
+             models / "text_encoders" / f"{name}-t5xxl": [pipe.text_encoder_2, pipe.tokenizer_2],
+             models / "vae" / f"{name}-ae": [pipe.vae]}
+    for folder, objects in parts.items():
+        for obj in objects:
+            obj.save_pretrained(folder)
+        print(f"wrote {folder}")
+
+
 def save_configs(pipe, folder: Path) -> Path:
     """The pipeline's configs and tokenizer without weights: what from_single_file(config=) needs."""
     import tempfile
@@ -417,6 +436,10 @@ def main() -> None:
     ap.add_argument("--models", default="models", help="models folder")
     ap.add_argument("--name", default="tiny-sd")
     ap.add_argument("--sdxl", action="store_true")
+    ap.add_argument("--sd3", action="store_true", help="a tiny SD3.5-shaped diffusers folder in checkpoints/NAME")
+    ap.add_argument("--flux", action="store_true",
+                    help="tiny FLUX-shaped parts in ComfyUI's layout: diffusion_models/NAME, "
+                         "text_encoders/NAME-clip_l and NAME-t5xxl, vae/NAME-ae (folders)")
     ap.add_argument("--sdxl-refiner", metavar="NAME",
                     help="with --sdxl: also write a refiner folder NAME sharing the base's VAE")
     ap.add_argument("--fp16", action="store_true", help="save the weights in float16")
@@ -433,6 +456,9 @@ def main() -> None:
         print(f"wrote {write_lora(unet, Path(args.models) / 'loras', args.name + '.safetensors')}")
         return
     models = Path(args.models)
+    if args.sd3 or args.flux:
+        write_flow_model(models, args.name, args.seed, flux=args.flux, fp16=args.fp16)
+        return
     pipe = make_sdxl_pipeline(args.seed) if args.sdxl else make_sd_pipeline(args.seed)
     pipes = {args.name: pipe}
     if args.sdxl and args.sdxl_refiner:
