@@ -97,3 +97,31 @@ def test_uploads_in_a_thread_pool_leave_the_warning_filters_alone(tmp_path, monk
     assert all(f == before for f in seen_by_others)
     with pytest.raises(UploadRejected, match="pixels"):
         store_uploaded_image(png(1), tmp_path, max_pixels=63)
+
+
+def test_an_unexpected_server_error_answers_an_id_and_logs_the_traceback(tmp_path, caplog):
+    from fastapi.testclient import TestClient
+
+    from engine import Registry, Settings
+    from server.config import ServerConfig
+    from server.main import build
+
+    settings = Settings(output_dir=tmp_path / "out", input_dir=tmp_path / "in", models_dirs=[])
+    server = build(ServerConfig(data_dir=tmp_path / "data"), settings, Registry())
+
+    def broken():
+        raise RuntimeError("cannot open /srv/secret/catalogue.db")
+
+    server.service.catalogue = broken
+    try:
+        with TestClient(server.app, raise_server_exceptions=False,
+                        base_url="http://127.0.0.1:8188") as client:
+            response = client.get("/v1/nodes")
+    finally:
+        server.store.close()
+    body = response.json()
+    assert response.status_code == 500 and body["error"] == "internal"
+    assert body["id"].startswith("err_") and body["id"] in body["message"]
+    assert "secret" not in response.text and "Traceback" not in response.text
+    logged = [r for r in caplog.records if body["id"] in r.getMessage()]
+    assert logged and "cannot open /srv/secret" in str(logged[0].exc_info[1])
