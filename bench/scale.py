@@ -1,6 +1,6 @@
 """Scale-out benchmark: the server on the Ray backend with 1 and 2 worker actors.
 
-    python bench/scale.py [--runs 12] [--step-seconds 0.1] [--txt2img-runs 6]
+    python bench/scale.py [--runs 8] [--steps 10] [--step-seconds 0.2] [--txt2img-runs 6]
 
 Starts a local Ray in this process (loopback, two logical GPUs, one per worker) and, for each
 setting, a server in this process on it; runs go through the HTTP API. Prints one JSON object:
@@ -126,9 +126,9 @@ def affinity(base: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=12, help="waiting runs per setting")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--step-seconds", type=float, default=0.1)
+    parser.add_argument("--runs", type=int, default=8, help="waiting runs per setting")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--step-seconds", type=float, default=0.2)
     parser.add_argument("--txt2img-runs", type=int, default=6)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

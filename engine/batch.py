@@ -199,10 +199,11 @@ class LocalBackend:
 
 
 class RayBackend:
-    """Items spread over Ray worker actors (`workers` of them), each item tried on a second
-    worker life if its worker dies; outcomes come back as they finish."""
+    """Items spread over Ray worker actors (`workers` of them; None: one per `gpus_per_worker`
+    GPUs), each item tried on a second worker life if its worker dies; outcomes come back as
+    they finish."""
 
-    def __init__(self, spec: WorkerSpec, *, workers: int = 1, address: str | None = None,
+    def __init__(self, spec: WorkerSpec, *, workers: int | None = 1, address: str | None = None,
                  gpus_per_worker: float = 0, temp_dir: Path | None = None):
         self._started = connect(address, temp_dir=temp_dir)
         self.pool = WorkerPool(spec, workers, gpus_per_worker,

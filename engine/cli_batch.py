@@ -54,7 +54,7 @@ def cmd_batch(args, executor_of, load_graph, parse_sets, err: Console) -> int:
     out_dir = Path(args.out)
     if args.backend == "ray":
         spec = WorkerSpec.here(executor.settings, args.nodes)
-        err.print(f"starting {args.workers} Ray worker(s)…")
+        err.print("starting the Ray workers…")
         backend = RayBackend(spec, workers=args.workers, address=args.ray_address,
                              gpus_per_worker=args.gpus_per_worker, temp_dir=out_dir / ".ray")
     else:

@@ -94,14 +94,15 @@ def add_backend_arguments(parser) -> None:
                         help="local: one worker thread (default); ray: Ray worker actors")
     parser.add_argument("--ray-address", help="join this Ray cluster ('auto' or HOST:PORT); "
                                               "default: start a Ray on this machine, loopback only")
-    parser.add_argument("--workers", type=int, default=1, help="Ray worker actors (default 1)")
+    parser.add_argument("--workers", type=int, help="Ray worker actors (default: one per GPU "
+                                                    "with --gpus-per-worker, else 1)")
     parser.add_argument("--gpus-per-worker", type=float, default=0,
                         help="GPUs each Ray worker reserves (1: one worker per GPU)")
 
 
 def backend_arguments(args) -> dict:
     """Keyword arguments (backend, ray_address, workers, gpus_per_worker) from those flags."""
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise LoomError("--workers must be at least 1")
     return {"backend": args.backend, "ray_address": args.ray_address, "workers": args.workers,
             "gpus_per_worker": args.gpus_per_worker}
@@ -356,13 +357,15 @@ class WorkerPool:
     models load again); its task is not retried."""
 
     spec: WorkerSpec
-    workers: int = 1
+    workers: int | None = 1          # None: one per GPU of the cluster (with gpus_per_worker)
     gpus_per_worker: float = 0
     name_prefix: str = "loom-worker"
     actors: list = field(default_factory=list)
 
     def start(self) -> "WorkerPool":
         ray = import_ray()
+        if self.workers is None:
+            self.workers = workers_for_gpus(self.gpus_per_worker)
         actor_class = ray.remote(Worker)
         self.actors = [
             actor_class.options(num_cpus=0, num_gpus=self.gpus_per_worker, max_restarts=-1,
@@ -397,6 +400,16 @@ class WorkerPool:
             except Exception:  # noqa: BLE001 - already gone
                 pass
         self.actors = []
+
+
+def workers_for_gpus(gpus_per_worker: float) -> int:
+    """One worker per `gpus_per_worker` GPUs of the connected cluster (1 without GPUs asked)."""
+    if gpus_per_worker <= 0:
+        return 1
+    gpus = import_ray().cluster_resources().get("GPU", 0)
+    if gpus < gpus_per_worker:
+        raise LoomError(f"the Ray cluster has {gpus:g} GPU(s); a worker needs {gpus_per_worker:g}")
+    return int(gpus // gpus_per_worker)
 
 
 def stream(reply) -> Iterator[dict]:

@@ -116,7 +116,7 @@ def node_registry(modules: Iterable[str] = (), installed: bool = True) -> Regist
 def serve(host: str, port: int, data_dir: Path, models_dirs: list[Path], token: str | None,
           settings: Settings | None = None, *, node_modules: Iterable[str] = (),
           installed_nodes: bool = True, log_level: str = "info", backend: str = "local",
-          ray_address: str | None = None, workers: int = 1, gpus_per_worker: float = 0,
+          ray_address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0,
           **options: Any) -> None:
     """Run the server until interrupted. Raises LoomError for an unsafe or impossible setup.
 

@@ -50,7 +50,7 @@ class RayOptions:
 
     spec: WorkerSpec
     address: str | None = None          # None: start a local Ray on loopback
-    workers: int = 1
+    workers: int | None = 1             # None: one per GPU (gpus_per_worker each)
     gpus_per_worker: float = 0
     affinity: bool = True
     affinity_wait: float = 10.0         # seconds a run waits for a worker that holds its models
@@ -87,7 +87,7 @@ class RayDispatcher:
         # Workers enforce the server's limits, as its own executor would.
         self.pool = WorkerPool(dataclasses.replace(options.spec, limits=executor.limits),
                                options.workers, options.gpus_per_worker)
-        self.slots = [_Slot(i, f"{self.pool.name_prefix}-{i}") for i in range(options.workers)]
+        self.slots = [_Slot(i, "") for i in range(options.workers or 0)]   # more once Ray says
         self._changed = threading.Condition()
         self._claim_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -102,9 +102,8 @@ class RayDispatcher:
         # Actor names are per dispatcher, so a restarted server never meets its predecessor's
         # actors (they die with the process that owned them) and servers can share a cluster.
         self.pool.name_prefix = f"loom-worker-{uuid.uuid4().hex[:8]}"
-        for slot in self.slots:
-            slot.name = f"{self.pool.name_prefix}-{slot.index}"
         self.pool.start()
+        self.slots = [_Slot(i, f"{self.pool.name_prefix}-{i}") for i in range(len(self.pool.actors))]
         log.info("Ray backend: %d worker(s) ready in %.1fs", len(self.slots), time.perf_counter() - started)
         for slot in self.slots:
             slot.thread = threading.Thread(target=self._work, args=(slot,), daemon=True,
@@ -165,7 +164,10 @@ class RayDispatcher:
         with self._claim_lock:
             if self._stopping.is_set():
                 return None
-            chosen = self._choose(slot, self.store.queued(limit=64))
+            queued = self.store.queued(limit=64)
+            keep = {run.id for run in queued} | {s.run_id for s in self.slots}
+            self._models_of = {k: v for k, v in self._models_of.items() if k in keep}
+            chosen = self._choose(slot, queued)
             if chosen is None:
                 return None
             run = self.store.claim(chosen.id)
@@ -224,7 +226,6 @@ class RayDispatcher:
             while not self._stopping.is_set() and not self.pool.ready(slot.index):
                 log.info("waiting for worker %s to restart", slot.name)
             return
-        self._models_of.pop(run.id, None)
         slot.holding = frozenset(outcome.get("holding", ()))
         status = outcome["status"]
         if self._stopping.is_set() and status == CANCELLED and not self._cancel_requested(run.id):
