@@ -45,7 +45,10 @@ class MemoryCache:
                 models.on_unload(self.drop_models)
 
     def _owned(self, object_id: int) -> bool:
-        return any(m.owns(object_id) for m in self._managers)
+        for manager in self._managers:
+            if manager.owns(object_id):
+                return True
+        return False
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries

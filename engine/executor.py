@@ -394,15 +394,20 @@ class _Run:
     def discard_stale(self, plan: Plan) -> None:
         """Drop cached results that rest on a variant that changed: the node that evaluated
         it and everything downstream of it in this plan (their keys cannot show the change)."""
+        specs, links = plan.checked.specs, plan.checked.links
+        lazy_specs = {id(spec) for spec in set(specs.values()) if any(i.lazy for i in spec.inputs.values())}
         stale = set()
         for node_id in plan.order:
-            spec = plan.checked.specs[node_id]
-            if any(link.node in stale for link in plan.checked.links[node_id].values()):
-                stale.add(node_id)
-            elif spec.cacheable and any(i.lazy for i in spec.inputs.values()):
+            spec = specs[node_id]
+            if id(spec) in lazy_specs and spec.cacheable:
                 hit = self.ex.cache.get(plan.key(node_id))
                 if hit is not None and VARIANTS in hit and self.verified(plan, node_id, hit) is None:
                     stale.add(node_id)
+        if not stale:
+            return
+        for node_id in plan.order:
+            if node_id not in stale and any(link.node in stale for link in links[node_id].values()):
+                stale.add(node_id)
         for node_id in stale:
             self.ex.cache.discard(plan.key(node_id))
 

@@ -25,6 +25,9 @@ class Footprint:
         return self.plain + sum(self.storages.values())
 
 
+_SCALARS = frozenset({int, float, bool, str, type(None)})
+
+
 def is_module(value: Any) -> bool:
     """A torch module (diffusers, transformers and spandrel models are ones)."""
     return callable(getattr(value, "parameters", None)) and callable(getattr(value, "buffers", None)) \
@@ -63,6 +66,10 @@ def footprint(value: Any, owned: Callable[[int], bool] = lambda _: False) -> Foo
     stack = [value]
     while stack:
         item = stack.pop()
+        kind = type(item)
+        if kind in _SCALARS:                 # most results: numbers and short text
+            fp.plain += len(item) + 49 if kind is str else sys.getsizeof(item)
+            continue
         if id(item) in seen:
             continue
         seen.add(id(item))

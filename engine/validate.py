@@ -141,13 +141,22 @@ def _topological_order(graph: Graph, links: dict[str, dict[str, Link]], bad) -> 
     for cycle in cycles:
         bad(f"cycle through nodes {', '.join(repr(n) for n in cycle)}", node=cycle[0],
             hint="a graph must be acyclic; use a retry node for loops")
-    return [] if cycles else list(nx.topological_sort(dag))
+    return []
+
+
+_CONTAINERS = (list, dict, tuple)
 
 
 def _same_entry(old: NodeEntry, new: NodeEntry) -> bool:
-    return (old is new or old.type == new.type and old.version == new.version
-            and old.inputs.keys() == new.inputs.keys()
-            and all(same_value(old.inputs[k], v) for k, v in new.inputs.items()))
+    if old is new:
+        return True
+    if old.type != new.type or old.version != new.version or old.inputs != new.inputs:
+        return False
+    for name, value in new.inputs.items():   # `==` takes 1, 1.0 and True for one another
+        before = old.inputs[name]
+        if type(before) is not type(value) or (type(value) in _CONTAINERS and not same_value(before, value)):
+            return False
+    return True
 
 
 def same_value(a: Any, b: Any) -> bool:
