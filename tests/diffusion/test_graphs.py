@@ -224,7 +224,7 @@ def test_missing_model_file(executor):
 
 
 def test_unknown_scheduler(executor):
-    err = _node_error(executor, load_graph("txt2img.json"), {**FAST, "scheduler": "heun"})
+    err = _node_error(executor, load_graph("txt2img.json"), {**FAST, "scheduler": "heunpp2"})
     assert isinstance(err, GraphError) and "sampler" in str(err) and "scheduler" in str(err)
 
 
