@@ -303,6 +303,7 @@ def cmd_cache(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from server.__main__ import server_options
     from server.main import serve
 
     from .config import user_data_dir
@@ -316,7 +317,7 @@ def cmd_serve(args) -> int:
     serve(host=args.host or config.host or "127.0.0.1", port=args.port or config.port or 8188,
           data_dir=data_dir, models_dirs=settings.models_dirs, token=args.token,
           settings=settings, keep_runs=args.keep_runs, keep_days=args.keep_days,
-          **backend_arguments(args))
+          **backend_arguments(args), **server_options(args))
     return EXIT_OK
 
 
@@ -502,9 +503,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        help="delete finished runs and their output files after D days (default: never)")
     _add_run_options(serve, out=None, inputs=None)
     if _needed(command, "serve"):
+        from server.__main__ import add_arguments as add_server_arguments
+
         from .ray_backend import add_backend_arguments
 
         add_backend_arguments(serve)
+        add_server_arguments(serve)    # `python -m server` is this same command
     serve.set_defaults(func=cmd_serve)
     return parser
 

@@ -20,14 +20,9 @@ from typing import Any, Callable, Union, get_args, get_origin
 
 from engine import NodeSpec, Registry
 from engine.types import is_assignable, strip_annotated
+from nodes.comfy import COMFY_TYPES, is_comfy_class_type, is_widget
 
-# Loom port classes that ComfyUI knows under another name.
-COMFY_TYPE_NAMES = {
-    "DiffusionModel": "MODEL", "TextEncoder": "CLIP", "Vae": "VAE", "Conditioning": "CONDITIONING",
-    "Latent": "LATENT", "Image": "IMAGE", "Mask": "MASK", "ControlNet": "CONTROL_NET",
-    "UpscaleModel": "UPSCALE_MODEL", "ClipModel": "CLIP_VISION", "IPAdapter": "IPADAPTER",
-    "int": "INT", "float": "FLOAT", "str": "STRING", "bool": "BOOLEAN",
-}
+BUILTIN_TYPES = {"int": "INT", "float": "FLOAT", "str": "STRING", "bool": "BOOLEAN"}
 SEED_INPUTS = frozenset({"seed", "noise_seed"})
 MULTILINE_INPUTS = frozenset({"text", "prompt", "negative", "positive", "template"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
@@ -46,7 +41,7 @@ def comfy_type_name(tp: Any) -> str:
     name = getattr(tp, "__name__", None)
     if not isinstance(name, str) or getattr(tp, "__args__", None):
         return ANY_TYPE
-    return COMFY_TYPE_NAMES.get(name) or re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()
+    return COMFY_TYPES.get(name) or BUILTIN_TYPES.get(name) or re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()
 
 
 def _is_union(tp: Any) -> bool:
@@ -85,16 +80,17 @@ class ObjectInfo:
         return {class_type: self.describe(spec)} if spec is not None else {}
 
     def describe(self, spec: NodeSpec) -> dict:
+        """Inputs keep their declared order (the order of the editor's widget values). A
+        ComfyUI class type lists every input as required, as ComfyUI does, except sockets
+        that may stay empty; Loom's nodes list inputs with a default as optional."""
         schema = spec.json_schema()["inputs"]["properties"]
         required: dict[str, list] = {}
         optional: dict[str, list] = {}
+        comfy_class = is_comfy_class_type(spec)
         for name, ispec in spec.inputs.items():
             entry = self.input_entry(name, ispec, schema.get(name, {}))
-            forced_socket = not ispec.required and ispec.literal and ispec.default is None
-            (required if ispec.required else optional)[name] = entry
-            if forced_socket:
-                # An optional value whose default is "nothing": a widget would always send one.
-                entry[1] = {**entry[1], "forceInput": True} if len(entry) > 1 else {"forceInput": True}
+            needed = ispec.required or (comfy_class and ispec.default is not None)
+            (required if needed else optional)[name] = entry
         outputs = list(spec.outputs.items())
         return {
             "input": {"required": required, "optional": optional},
@@ -112,8 +108,13 @@ class ObjectInfo:
         }
 
     def input_entry(self, name: str, ispec: Any, schema: dict) -> list:
-        if not ispec.literal:
-            return [self.accepted_types(ispec.port_type)] + _tooltip(schema)
+        # A widget always sends a value; an input whose default is "nothing" (None) must be
+        # able to send none, so it is a socket.
+        if not is_widget(ispec) or (not ispec.required and ispec.default is None):
+            accepted = self.accepted_types(ispec.port_type)
+            if accepted in BUILTIN_TYPES.values():   # a value type shown as a socket
+                return [accepted, {"forceInput": True, **_tooltip_options(schema)}]
+            return [accepted] + _tooltip(schema)
         schema = _non_null(schema)
         options: dict[str, Any] = {}
         if "default" in schema and schema["default"] is not None:
@@ -175,18 +176,24 @@ def _bounds(schema: dict, step: float) -> dict:
     return out
 
 
+def _tooltip_options(schema: dict) -> dict:
+    return {"tooltip": schema["description"]} if schema.get("description") else {}
+
+
 def _tooltip(schema: dict) -> list:
-    return [{"tooltip": schema["description"]}] if schema.get("description") else []
+    return [_tooltip_options(schema)] if schema.get("description") else []
 
 
 def category(spec: NodeSpec) -> str:
-    """ComfyUI class types keep their own categories; Loom's nodes are grouped under `loom/`."""
-    return spec.category if re.search(r"[A-Z]", spec.type) else f"loom/{spec.category}"
+    """ComfyUI class types keep ComfyUI's categories; Loom's nodes are grouped under `loom/`."""
+    if is_comfy_class_type(spec):
+        return spec.category.split("/", 1)[1]
+    return f"loom/{spec.category}"
 
 
 def display_name(spec: NodeSpec) -> str:
-    """`encode_text` -> 'Encode Text'; ComfyUI class types (CamelCase) are left as they are."""
-    if re.search(r"[A-Z]", spec.type):
+    """`encode_text` -> 'Encode Text'; ComfyUI class types are left as they are."""
+    if is_comfy_class_type(spec):
         return spec.type
     return " ".join(part.capitalize() for part in re.split(r"[_.]", spec.type) if part)
 

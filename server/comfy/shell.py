@@ -65,6 +65,7 @@ class ComfyShell:
         client_id = client_id if isinstance(client_id, str) else None
         extra_data = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
         outputs: list[str] = []
+        graph = None
         try:
             graph = read_prompt(prompt, self.registry)
             outputs = self.output_nodes(graph)
@@ -73,7 +74,7 @@ class ComfyShell:
             graph["meta"]["comfy"]["outputs"] = outputs
             run, _ = self.service.submit(graph, {}, KEY_PREFIX + prompt_id)
         except GraphError as exc:
-            raise PromptRefused(prompt_error(exc, prompt, outputs)) from None
+            raise PromptRefused(prompt_error(exc, prompt, self.registry, graph, outputs)) from None
         except IdempotencyConflict:
             raise PromptRefused(_invalid(f"prompt_id {prompt_id!r} was already used for "
                                          f"another prompt")) from None
