@@ -163,7 +163,20 @@ def encode_text(ctx: Context, text_encoder: TextEncoder, text: str, clip_skip: C
             raise NodeInputError("clip_skip", f"clip_skip {clip_skip} skips every layer of a "
                                               f"{layers}-layer text encoder")
         text_encoder = text_encoder.with_patch(clip_skip=clip_skip)
+    _warn_unknown_words(ctx, text_encoder, text)
     return family(text_encoder.family).function("encode")(ctx, text_encoder, text)
+
+
+def _warn_unknown_words(ctx: Context, text_encoder: TextEncoder, text: str) -> None:
+    """Say when a prompt uses words the model does not know (it would ignore them silently)."""
+    from ._vocabulary import unknown_words
+
+    found = unknown_words(text_encoder.tokenizers[0], text) if text_encoder.tokenizers else None
+    if found and found[0]:
+        words, known = found
+        ctx.log.warning("the prompt's %s not known to this model, which ignores %s; it knows: %s",
+                        ", ".join(repr(w) for w in words) + (" is" if len(words) == 1 else " are"),
+                        "it" if len(words) == 1 else "them", ", ".join(sorted(known)))
 
 
 def encode_clip(ctx: Context, text_encoder: TextEncoder, text: str) -> Conditioning:
