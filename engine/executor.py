@@ -146,7 +146,9 @@ class Executor:
         """What the next run would do for each node, and why, without running anything."""
         plan = self.plan(graph, params)
         previous = self.history.last(graph.name)
-        available = self._available(plan, set())
+        stale = stale_nodes(plan, self.cache)
+        cached = self._available(plan, set())
+        available = lambda node_id: node_id not in stale and cached(node_id)  # noqa: E731
         demanded = set(_demand_order(plan, plan.checked.outputs, available))
         out = {}
         for node_id in plan.order:
@@ -155,6 +157,8 @@ class Executor:
                 status, reason = NOT_NEEDED, "not needed: every node that uses it is cached"
             elif available(node_id):
                 status, reason = CACHED, why_cached(previous.get(node_id), parts)
+            elif node_id in stale:
+                status, reason = WILL_RUN, STALE_VARIANT
             else:
                 status = WILL_RUN
                 reason = why_not_cached(parts, previous.get(node_id), cacheable=spec.cacheable,
@@ -227,6 +231,7 @@ _REMEMBERED_PLANS = 8   # graphs whose last plan an executor keeps for increment
 # Stored beside the outputs of a node that evaluated lazy inputs with overrides: each
 # variant's overrides, the node it asked for and that node's key, verified on a cache hit.
 VARIANTS = "$variants"
+STALE_VARIANT = "a varied input's sub-graph changed (e.g. the fingerprint of a file a retry try read)"
 
 
 class _Run:
@@ -314,7 +319,7 @@ class _Run:
         reason = why_not_cached(parts, self.previous.get(node_id), cacheable=spec.cacheable,
                                 use_cache=self.use_cache, evicted=self.ex.cache.was_evicted(parts.key))
         if node_id in self.stale:
-            reason = "a sub-graph it evaluates with varied inputs changed (e.g. a varied file's fingerprint)"
+            reason = STALE_VARIANT
         self.publish(NODE_STARTED, node_id, spec.type, reason=reason)
         started = time.perf_counter()
         outer_reads, self.variant_reads = self.variant_reads, []
@@ -392,39 +397,51 @@ class _Run:
         return self.values[plan.key(link.node)][link.output]
 
     def discard_stale(self, plan: Plan) -> None:
-        """Drop cached results that rest on a variant that changed: the node that evaluated
-        it and everything downstream of it in this plan (their keys cannot show the change)."""
-        specs, links = plan.checked.specs, plan.checked.links
-        lazy_specs = {id(spec) for spec in set(specs.values()) if any(i.lazy for i in spec.inputs.values())}
-        stale = set()
-        for node_id in plan.order:
-            spec = specs[node_id]
-            if id(spec) in lazy_specs and spec.cacheable:
-                hit = self.ex.cache.get(plan.key(node_id))
-                if hit is not None and VARIANTS in hit and self.verified(plan, node_id, hit) is None:
-                    stale.add(node_id)
-        if not stale:
-            return
-        for node_id in plan.order:
-            if node_id not in stale and any(link.node in stale for link in links[node_id].values()):
-                stale.add(node_id)
+        """Drop cached results that rest on a variant that changed (see `stale_nodes`)."""
+        stale = stale_nodes(plan, self.ex.cache)
+        self.stale |= stale
         for node_id in stale:
             self.ex.cache.discard(plan.key(node_id))
 
     def verified(self, plan: Plan, node_id: str, hit: dict[str, Any]) -> dict[str, Any] | None:
-        """A cached result of a node that evaluated variants (a retry's tries, a batch's items)
-        stands only while each variant still has the key it had: the node's own key cannot
-        cover a file that only a varied input names. None when one changed."""
-        for overrides, target, key in hit[VARIANTS]:
-            try:
-                checked = {(n, i): check_override(plan.checked, n, i, v) for n, i, v in overrides}
-                current = variant(plan, checked).key(target)
-            except (ValueError, LoomError):
-                current = None
-            if current != key:
-                self.stale.add(node_id)
-                return None
+        """The cached outputs without their variant record, or None when a variant changed."""
+        if not variants_current(plan, hit):
+            self.stale.add(node_id)
+            return None
         return {name: value for name, value in hit.items() if name != VARIANTS}
+
+
+def variants_current(plan: Plan, hit: dict[str, Any]) -> bool:
+    """A cached result of a node that evaluated variants (a retry's tries, a batch's items)
+    stands only while each variant still has the key it had: the node's own key cannot cover
+    a file that only a varied input names."""
+    for overrides, target, key in hit.get(VARIANTS, ()):
+        try:
+            checked = {(n, i): check_override(plan.checked, n, i, v) for n, i, v in overrides}
+            if variant(plan, checked).key(target) != key:
+                return False
+        except (ValueError, LoomError):
+            return False
+    return True
+
+
+def stale_nodes(plan: Plan, cache: Cache) -> set[str]:
+    """Cached nodes whose result rests on a variant that changed, and everything downstream
+    of them in this plan (their keys cannot show the change)."""
+    specs, links = plan.checked.specs, plan.checked.links
+    lazy_specs = {id(spec) for spec in set(specs.values()) if any(i.lazy for i in spec.inputs.values())}
+    stale = set()
+    for node_id in plan.order:
+        spec = specs[node_id]
+        if id(spec) in lazy_specs and spec.cacheable:
+            hit = cache.get(plan.key(node_id))
+            if hit is not None and not variants_current(plan, hit):
+                stale.add(node_id)
+    if stale:
+        for node_id in plan.order:
+            if node_id not in stale and any(link.node in stale for link in links[node_id].values()):
+                stale.add(node_id)
+    return stale
 
 
 __all__ = ["Executor", "RunResult", "NodeRecord", "Explanation", "GraphError", "Problem"]

@@ -233,3 +233,21 @@ def test_a_rerun_revalidates_and_rekeys_only_what_changed(registry, monkeypatch)
     fresh = Executor(registry=registry).plan(g.build())         # reuse gives the cold keys
     assert ex.plan(g.build()).keys == fresh.keys
     assert cold.outputs["out"]["value"] + 4 == result.outputs["out"]["value"]
+
+
+def test_explain_names_a_changed_variant_before_the_run(registry, tmp_path):
+    (tmp_path / "0.txt").write_text("1")
+    (tmp_path / "1.txt").write_text("9")
+    g = GraphBuilder(registry)
+    reader = g.add("read_numbered", node_id="r", index=0, folder=str(tmp_path))
+    check = g.add("check_at_least", node_id="c", value=reader, threshold=5)
+    g.add("show", node_id="out", value=g.add("retry", node_id="retry", value=reader, check=check,
+                                              vary={"node": "r", "input": "index"}, max_tries=2).out("value"))
+    ex = Executor(registry=registry)
+    ex.run(g.build())
+    assert ex.explain(g.build())["out"].status == "cached"
+    (tmp_path / "1.txt").write_text("7")
+    explained = ex.explain(g.build())
+    assert explained["retry"].status == "will run" and "varied input" in explained["retry"].reason
+    assert explained["out"].status == "will run"
+    assert ex.run(g.build()).reasons["retry"] == explained["retry"].reason
