@@ -1,6 +1,7 @@
-"""Benchmark: the txt2img graph against diffusers' StableDiffusionPipeline on the same tiny model.
+"""Benchmark: the txt2img graph against diffusers' StableDiffusionPipeline on the same tiny model
+(and, for SD3.5 and FLUX, the shipped graphs against StableDiffusion3Pipeline / FluxPipeline).
 
-    python bench/diffusion.py [--steps 20] [--repeats 5] [--threads 2]
+    python bench/diffusion.py [--steps 20] [--repeats 5] [--threads 2] [--families sd|flow|all]
 
 Prints JSON lines, medians of interleaved repeats: the graph's full run against the raw
 pipeline, both with the model in memory and both from disk (a fresh `loom run` against a
@@ -28,11 +29,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--families", choices=["sd", "flow", "all"], default="all",
+                    help="sd: SD 1.x txt2img figures; flow: SD3.5 and FLUX graph vs pipeline")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.families in ("flow", "all"):
+        bench_flow_families(args.steps, args.repeats)
+    if args.families == "flow":
+        return
     from engine import Cache, Executor, Graph, Settings
     from engine.models import ModelManager, ModelPaths
     from nodes.loaders import load_checkpoint_handles
@@ -103,6 +110,64 @@ def main() -> None:
                           "graph_s": round(med[name], 4), "pipeline_s": round(med[base], 4),
                           "ratio": round(med[name] / med[base], 3), "target": target,
                           "ok": med[name] / med[base] <= target}))
+
+
+def bench_flow_families(steps: int, repeats: int) -> None:
+    """SD3.5 and FLUX: the shipped graphs on the shipped tiny models against StableDiffusion3Pipeline
+    / FluxPipeline built on the very modules the graph loaded (warm: models in memory, a fresh
+    result cache per graph run). Target ratio <= 1.03."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
+
+    from engine import Cache, CancelToken, Context, Executor, Graph, Settings
+    from engine.models import ModelManager, ModelPaths
+    from nodes.component_loaders import load_denoiser, load_text_encoders, load_vae
+    from nodes.loaders import load_checkpoint_handles
+
+    settings = Settings(models_dirs=[ROOT / "models"], output_dir=Path(tempfile.mkdtemp(prefix="loom-bench-")))
+    models = ModelManager(ModelPaths(settings.models_dirs))
+    ctx = Context("bench", "bench", "bench", settings, models, Graph(), {}, CancelToken(), lambda e: None)
+    prompt = "a red circle on a blue background"
+
+    model, te, vae = load_checkpoint_handles(ctx, "sd35-tiny")
+    sd3 = StableDiffusion3Pipeline(
+        transformer=model.unet, vae=vae.vae, scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
+        **dict(zip(("text_encoder", "text_encoder_2", "text_encoder_3"), te.encoders)),
+        **dict(zip(("tokenizer", "tokenizer_2", "tokenizer_3"), te.tokenizers)))
+    flux_model = load_denoiser(ctx, "flux-tiny")
+    flux_te = load_text_encoders(ctx, family="flux", clip_l="flux-tiny-clip_l", t5xxl="flux-tiny-t5xxl")
+    flux = FluxPipeline(transformer=flux_model.unet, vae=load_vae(ctx, "flux-tiny-ae").vae,
+                        scheduler=FlowMatchEulerDiscreteScheduler.from_config(flux_model.scheduler_config),
+                        text_encoder=flux_te.encoders[0], tokenizer=flux_te.tokenizers[0],
+                        text_encoder_2=flux_te.encoders[1], tokenizer_2=flux_te.tokenizers[1])
+    cases = {
+        "sd35": ("sd35.json", {"steps": steps, "cfg": 4.5},
+                 lambda seed: sd3(prompt, negative_prompt="", height=64, width=64, num_inference_steps=steps,
+                                  guidance_scale=4.5, generator=[torch.Generator().manual_seed(seed)], output_type="pil")),
+        "flux": ("flux.json", {"steps": steps, "guidance": 3.5},
+                 lambda seed: flux(prompt, height=64, width=64, num_inference_steps=steps, guidance_scale=3.5,
+                                   generator=[torch.Generator().manual_seed(seed)], output_type="pil")),
+    }
+    for name, (graph_file, params, raw) in cases.items():
+        sd3.set_progress_bar_config(disable=True), flux.set_progress_bar_config(disable=True)
+        graph = Graph.load(ROOT / "graphs" / graph_file)
+
+        def graph_warm(seed: int, graph=graph, params=params) -> None:
+            Executor(settings=settings, models=models, cache=Cache()).run(graph, params={**params, "seed": seed})
+
+        fns = {"raw": raw, "graph": graph_warm}
+        for fn in fns.values():
+            fn(0)
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for i in range(repeats):
+            for key, fn in fns.items():
+                t = time.perf_counter()
+                fn(1000 + i)
+                times[key].append(time.perf_counter() - t)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(json.dumps({"bench": f"{name}_txt2img_graph_vs_raw", "steps": steps, "graph_s": round(med["graph"], 4),
+                          "pipeline_s": round(med["raw"], 4), "ratio": round(med["graph"] / med["raw"], 3),
+                          "target": 1.03, "ok": med["graph"] / med["raw"] <= 1.03}))
 
 
 if __name__ == "__main__":
