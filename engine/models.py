@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -205,11 +206,16 @@ class ModelManager:
         self._loaded: OrderedDict[tuple, _Loaded] = OrderedDict()
         self._loading: dict[tuple, Future] = {}
         self._objects: set[int] = set()
-        self._listeners: list[Callable[[set[int]], None]] = []
+        self._listeners: list[Callable[[], Callable[[set[int]], None] | None]] = []
         self._lock = threading.Lock()
 
     def on_unload(self, listener: Callable[[set[int]], None]) -> None:
-        self._listeners.append(listener)
+        """Call `listener(object ids)` after unloading; a bound method is held weakly, so a
+        result cache that goes away is not kept alive by the manager it used."""
+        with self._lock:
+            self._listeners = [ref for ref in self._listeners if ref() is not None]
+            self._listeners.append(weakref.WeakMethod(listener) if hasattr(listener, "__self__")
+                                   else (lambda: listener))
 
     def owns(self, object_id: int) -> bool:
         """Whether the object with this id is part of a loaded model."""
@@ -275,8 +281,11 @@ class ModelManager:
     def _release(self, unloaded: list[_Loaded]) -> None:
         if not unloaded:
             return
-        for listener in self._listeners:
-            listener(set().union(*(entry.objects for entry in unloaded)))
+        objects = set().union(*(entry.objects for entry in unloaded))
+        for ref in list(self._listeners):
+            listener = ref()
+            if listener is not None:
+                listener(objects)
         if any(d.startswith("cuda") for entry in unloaded for d in entry.devices):
             import torch
 

@@ -180,3 +180,13 @@ def test_run_history_is_bounded_and_keyed_per_graph(registry):
         ex.run(g.build())
     assert list(history._graphs) == ["b", "c"]
     assert set(history.last("c")) == {"load", "y", "out"}
+
+
+def test_a_result_cache_that_goes_away_is_not_kept_alive_by_a_shared_manager(registry):
+    manager = ModelManager(ModelPaths([]))
+    ex = Executor(registry=registry, models=manager)
+    ex.run(toy_graph(registry, "a").build())
+    cache = weakref.ref(ex.cache.memory)
+    del ex
+    gc.collect()
+    assert cache() is None
