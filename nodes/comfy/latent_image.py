@@ -14,7 +14,7 @@ from engine.context import Context
 from engine.errors import NodeInputError
 from engine.limits import Limit
 from engine.node import node
-from engine.types import file_input
+from engine.types import OutputFiles, file_input
 
 from ..control_types import UpscaleModel
 from ..types import Conditioning, DiffusionModel, Image, Latent, Mask, Vae
@@ -281,7 +281,7 @@ def load_image_mask(ctx: Context, image: file_input("input"),
 @node("SaveImage", category="comfy/image", output_node=True, output="files",
       cache=False)
 def save_image(ctx: Context, images: Image,
-               filename_prefix: file_input("output", max_length=200) = "ComfyUI") -> list[str]:
+               filename_prefix: file_input("output", max_length=200) = "ComfyUI") -> OutputFiles:
     """Save PNGs in the output folder, with the graph embedded (Loom's save_image)."""
     from ..image import save_image as save
 
@@ -290,7 +290,7 @@ def save_image(ctx: Context, images: Image,
 
 @node("PreviewImage", category="comfy/image", output_node=True, output="files",
       cache=False)
-def preview_image(ctx: Context, images: Image) -> list[str]:
+def preview_image(ctx: Context, images: Image) -> OutputFiles:
     """Save PNGs for a look, under previews/ in the output folder, without the graph."""
     from ..image import save_image as save
 

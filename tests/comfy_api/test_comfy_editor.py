@@ -113,6 +113,52 @@ def test_txt2img_and_img2img_through_comfyui_protocol_on_the_shipped_model(shape
         assert Image.open(io.BytesIO(out.content)).size == (64, 64)
 
 
+WORKFLOWS = REPO / "tests" / "comfy" / "workflows"
+
+
+def upload(client, image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    answer = client.post("/upload/image", files={"image": ("picture.png", buffer.getvalue(), "image/png")})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["name"]
+
+
+@pytest.mark.parametrize("workflow", ["txt2img", "img2img_inpaint", "lcm_lora_hires", "controlnet_upscale"])
+def test_comfyui_workflows_run_through_the_protocol(shapes_server, workflow):
+    """ComfyUI's own class types (txt2img, img2img, inpaint, LoRA, ControlNet, upscale,
+    outpaint padding), as a ComfyUI client sends them: upload the pictures, queue, listen."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    prompt = json.loads((WORKFLOWS / f"{workflow}.api.json").read_text())
+    square = Image.new("RGBA", (64, 64), (0, 0, 255, 255))
+    ImageDraw.Draw(square).rectangle([16, 16, 47, 47], fill=(255, 0, 0, 255))
+    mask = Image.new("RGB", (64, 64), (0, 0, 0))
+    ImageDraw.Draw(mask).ellipse([20, 20, 44, 44], fill=(255, 255, 255))
+    with shapes_server.client() as client, connect(f"{shapes_server.ws_url}/ws?clientId=wf") as ws:
+        ws.recv(timeout=10)
+        names = {"square.png": upload(client, square), "mask.png": upload(client, mask)}
+        for node in prompt.values():
+            if node["class_type"] in ("LoadImage", "LoadImageMask"):
+                node["inputs"]["image"] = names[node["inputs"]["image"]]
+        answer = client.post("/prompt", json={"prompt": prompt, "client_id": "wf"})
+        assert answer.status_code == 200, answer.text
+        pid = answer.json()["prompt_id"]
+        got = messages_until(ws, pid, timeout=600)
+        assert got[-1]["type"] == "execution_success", got[-1]
+        saves = {k for k, v in prompt.items() if v["class_type"] == "SaveImage"}
+        executed = {m["data"]["node"]: m["data"]["output"]["images"] for m in got if m["type"] == "executed"}
+        assert saves <= set(executed)
+        history = client.get(f"/history/{pid}").json()[pid]
+        for node_id in saves:
+            for image in history["outputs"][node_id]["images"]:
+                png = Image.open(io.BytesIO(client.get("/view", params=image).content))
+                assert json.loads(png.text["prompt"]) == prompt       # opens in ComfyUI
+                colours = np.unique(np.asarray(png.convert("RGB")).reshape(-1, 3), axis=0)
+                assert png.size[0] >= 64 and len(colours) > 4                 # not blank
+
+
 def browser_or_skip():
     in_ci = os.environ.get("CI") == "true"
     missing = []
