@@ -12,8 +12,6 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-import networkx as nx
-
 from .errors import GraphError, Problem
 from .graph import Graph, Link, NodeEntry, literal_problem
 from .node import NodeSpec
@@ -131,11 +129,21 @@ def validate(graph: Graph, registry: Registry, previous: CheckedGraph | None = N
 
 
 def _topological_order(graph: Graph, links: dict[str, dict[str, Link]], bad) -> list[str]:
+    """Every node after its inputs (the standard library's graphlib: importing networkx would
+    double `loom validate`'s start-up); on a cycle, networkx names every cycle at once."""
+    from graphlib import CycleError, TopologicalSorter
+
+    inputs = {node_id: {link.node for link in links.get(node_id, {}).values() if link.node in graph.nodes}
+              for node_id in graph.nodes}
+    try:
+        return list(TopologicalSorter(inputs).static_order())
+    except CycleError:
+        pass
+    import networkx as nx
+
     dag = nx.DiGraph()
     dag.add_nodes_from(graph.nodes)
-    for node_id, node_links in links.items():
-        dag.add_edges_from((link.node, node_id) for link in node_links.values()
-                           if link.node in graph.nodes)
+    dag.add_edges_from((source, node_id) for node_id, sources in inputs.items() for source in sources)
     cycles = [sorted(c) for c in nx.strongly_connected_components(dag)
               if len(c) > 1 or dag.has_edge(next(iter(c)), next(iter(c)))]
     for cycle in cycles:
