@@ -86,6 +86,8 @@ def read_document(document: Document, registry: "Registry", *, name: str = "grap
             return Graph.from_dict(data, name=name, source=document.source), reader.format
     if value is None and document.data.lstrip()[:1] in (b"{", b"["):
         Graph.from_json(document.data, name=name, source=document.source)   # raises with the JSON error
+    if isinstance(value, dict) and isinstance(value.get("nodes"), dict):
+        return Graph.from_dict(value, name=name, source=document.source), LOOM_FORMAT  # says what is off
     known = ", ".join(f"{r.format} ({r.description})" if r.description else r.format
                       for r in registry.readers())
     raise GraphError([Problem("not a Loom graph, and no installed reader recognises this document",

@@ -83,3 +83,8 @@ def test_unknown_target_format_lists_the_known_ones(registry):
 def test_a_format_is_registered_once(registry):
     with pytest.raises(ValueError, match="registered twice"):
         registry.register_reader(DocumentReader("number", detect=lambda d: False, read=_csv_read))
+
+
+def test_a_loom_graph_missing_its_version_gets_loom_problems(registry):
+    with pytest.raises(GraphError, match="'loom' must be 1"):
+        read_document(Document.from_value({"nodes": {}}), registry)
