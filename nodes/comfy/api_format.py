@@ -200,9 +200,9 @@ def export_api_prompt(graph: Graph, registry: Registry | None = None) -> dict:
                 continue
             inputs[renames[name] if renames is not None else name] = [value.node, index]
         node: dict[str, Any] = {"inputs": inputs, "class_type": class_type}
-        title = (entry.meta or {}).get("title")
-        if isinstance(title, str):
-            node["_meta"] = {"title": title}
+        meta = {key: value for key, value in (entry.meta or {}).items() if key in ("title", "models")}
+        if meta:
+            node["_meta"] = meta
         prompt[node_id] = node
     if problems:
         raise GraphError(problems)
