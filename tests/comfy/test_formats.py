@@ -153,6 +153,9 @@ def api_prompts(draw):
         node = {"inputs": inputs, "class_type": kind}
         if draw(st.booleans()):
             node["_meta"] = {"title": draw(_text)}
+            if draw(st.booleans()):
+                node["_meta"]["models"] = [{"name": draw(_text), "url": "https://example.org/m.safetensors",
+                                            "directory": "checkpoints"}]
         prompt[node_id] = node
     return prompt
 
