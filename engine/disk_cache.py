@@ -6,9 +6,9 @@ conditioning of a short prompt) are stored inside the index itself, packed toget
 larger ones (images, latents) are files `entries/ab/abcdef...` written to a temporary
 file and renamed into place, so a crash never leaves a half-written entry under its
 final name. Every entry carries a magic tag and a checksum; one that does not match is
-deleted and treated as a miss. The tier is bounded by bytes: when a write crosses the
-budget, the least recently used entries go in one pass, down to a low-water mark below
-the budget, so eviction is not repeated on every following write.
+deleted and treated as a miss. The tier is bounded by bytes: after every 2 % of the budget
+written, the total is read, and past the budget the least recently used entries go in one
+pass, down to a low-water mark below it, so eviction is not repeated on every write.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ MAGIC = b"LOOMC001"
 _DIGEST = 16
 INLINE_LIMIT = 64 << 10    # entries up to this size live in the index, not in files of their own
 LOW_WATER = 0.8            # eviction frees space down to this fraction of the budget
+CHECK_EVERY = 0.02         # the total is read after writing this fraction of the budget
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -55,6 +56,7 @@ class DiskCache:
         self.budget_bytes = budget_bytes
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._unchecked = 0      # bytes this process wrote since it last read the total
 
     # -- storage ----------------------------------------------------------------------------
     def _index(self) -> sqlite3.Connection:
@@ -124,9 +126,12 @@ class DiskCache:
             db.execute("INSERT INTO entries (key, size, used, blob) VALUES (?, ?, ?, ?) ON CONFLICT (key) "
                        "DO UPDATE SET size = excluded.size, used = excluded.used, blob = excluded.blob",
                        (key, len(blob), time.time(), blob if inline else None))
-            total = db.execute("SELECT bytes FROM total").fetchone()[0]
-            if total > self.budget_bytes:
-                self._evict(db, total)
+            self._unchecked += len(blob)
+            if self._unchecked >= self.budget_bytes * CHECK_EVERY:
+                self._unchecked = 0
+                total = db.execute("SELECT bytes FROM total").fetchone()[0]
+                if total > self.budget_bytes:
+                    self._evict(db, total)
         return True
 
     def _evict(self, db: sqlite3.Connection, total: int) -> None:

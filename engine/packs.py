@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import functools
 import re
-from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
+from importlib.metadata import Distribution, PackageNotFoundError, distribution, entry_points
+
+from .registry import ENTRY_POINT_GROUP
 
 
 @functools.lru_cache(maxsize=1)
-def _distributions_by_module() -> dict[str, list[str]]:
-    return packages_distributions()
+def _pack_distributions() -> dict[str, Distribution]:
+    """Top-level module of each installed node pack -> its distribution, read from the
+    `loom.nodes` entry points (cheap, unlike scanning every installed file)."""
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.dist is not None:
+            found[ep.value.partition(":")[0].partition(".")[0]] = ep.dist
+    return found
 
 
 def _requirement_name(requirement: str) -> str | None:
@@ -25,29 +33,20 @@ def _requirement_name(requirement: str) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def pack_version(module: str) -> str:
-    """`name version` of the distribution that installed `module` ("" when it is not installed,
-    e.g. a node defined in a script)."""
-    names = _distributions_by_module().get(module.partition(".")[0], [])
-    if not names:
-        return ""
-    try:
-        dist = distribution(names[0])
-    except PackageNotFoundError:
-        return ""
-    return f"{dist.metadata['Name']} {dist.version}"
+    """`name version` of the node pack distribution that installed `module` ("" for a module
+    no installed pack provides, e.g. a node defined in a script or a test)."""
+    dist = _pack_distributions().get(module.partition(".")[0])
+    return f"{dist.metadata['Name']} {dist.version}" if dist is not None else ""
 
 
 @functools.lru_cache(maxsize=None)
 def library_versions(module: str) -> str:
     """`name version` of each installed library the node's distribution requires (not its
     extras), so results computed by torch 2.4 are not served to torch 2.5."""
-    names = _distributions_by_module().get(module.partition(".")[0], [])
-    if not names:
+    dist = _pack_distributions().get(module.partition(".")[0])
+    if dist is None:
         return ""
-    try:
-        requires = distribution(names[0]).requires or []
-    except PackageNotFoundError:
-        return ""
+    requires = dist.requires or []
     versions = []
     for requirement in requires:
         name = _requirement_name(requirement)
