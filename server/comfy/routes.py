@@ -350,7 +350,12 @@ def mount(app: FastAPI, shell: ComfyShell, *, token: str | None, max_upload_byte
         if not DEFAULT_WORKFLOW.is_file():   # an install without the example graphs
             return not_found("no default workflow in this installation")
         graph = json.loads(DEFAULT_WORKFLOW.read_text())
-        return ui_workflow(graph, shell.object_info.all())
+        info = shell.object_info.all()
+        missing = sorted({body["type"] for body in graph["nodes"].values()} - set(info))
+        if missing:   # the editor then keeps its own default
+            return not_found(f"the default workflow needs node types this server does not load: "
+                             f"{', '.join(missing)}")
+        return ui_workflow(graph, info)
 
     app.include_router(api)
     app.include_router(api, prefix="/api")

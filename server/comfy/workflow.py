@@ -75,7 +75,7 @@ def ui_workflow(graph: dict, object_info: dict[str, dict]) -> dict:
     for link in links:
         link[5] = ui_nodes[link[1] - 1]["outputs"][link[2]]["type"]
     return {"last_node_id": len(ui_nodes), "last_link_id": len(links), "nodes": ui_nodes,
-            "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}},
+            "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 110]}},
             "version": 0.4}
 
 

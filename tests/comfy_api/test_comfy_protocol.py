@@ -8,13 +8,23 @@ from __future__ import annotations
 import io
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 from websockets.sync.client import connect
 
+from engine import node
+from engine.types import file_input, model_name
+
 from .conftest import draw_prompt, messages_until, steps_prompt
+
+
+@node("test.pick", category="test")
+def pick(ckpt: model_name("checkpoints"), image: file_input("input"), strength: float | None = None) -> str:
+    """A node with a model name, an input file and an optional value, for /object_info."""
+    return ckpt
 
 
 def png_bytes(colour=(10, 200, 30), size=(16, 16), mode="RGB") -> bytes:
@@ -72,16 +82,31 @@ def test_object_info_describes_every_node_from_its_declaration(client):
     assert client.get("/api/object_info/no_such_node").json() == {}
 
 
-def test_model_names_are_choices_from_the_models_folder(comfy, client):
-    folder = comfy.data_dir / "models" / "checkpoints"
-    (folder / "second.safetensors").write_bytes(b"x")
-    try:
-        info = client.get("/object_info/test.steps").json()   # no model input: empty choices elsewhere
-        assert info["test.steps"]["input"]["optional"]["steps"][0] == "INT"
-        embeddings = client.get("/embeddings").json()
-        assert embeddings == []
-    finally:
-        (folder / "second.safetensors").unlink()
+def test_model_and_input_file_names_are_choice_lists_read_at_each_request(tmp_path):
+    from engine import Registry
+    from server.comfy.object_info import ObjectInfo, list_input_images
+
+    models = {"checkpoints": ["a.safetensors"]}
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "one.png").write_bytes(png_bytes())
+    (tmp_path / "sub" / "two.webp").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not an image")
+    info = ObjectInfo(Registry([pick.spec]), lambda kind: models.get(kind, []),
+                      lambda: list_input_images(tmp_path))
+    required = info.one("test.pick")["test.pick"]["input"]["required"]
+    assert required["ckpt"][0] == ["a.safetensors"]
+    assert required["image"] == [["one.png", "sub/two.webp"], {"image_upload": True}]
+    # A value whose default is "nothing" is a socket: a widget would always send a number.
+    assert info.one("test.pick")["test.pick"]["input"]["optional"]["strength"][0].startswith("FLOAT")
+    models["checkpoints"].append("b.safetensors")
+    assert info.all()["test.pick"]["input"]["required"]["ckpt"][0] == ["a.safetensors", "b.safetensors"]
+
+
+def test_free_unloads_and_the_next_prompt_still_runs(comfy, client):
+    assert client.post("/free", json={"unload_models": True, "free_memory": True}).status_code == 200
+    assert client.post("/api/free", content=b"").status_code == 200
+    pid = client.post("/prompt", json={"prompt": draw_prompt("black", prefix="after_free")}).json()["prompt_id"]
+    assert wait_history(client, pid)["status"]["completed"] is True
 
 
 # -- POST /prompt, the websocket, /history, /view ---------------------------------------------
@@ -413,6 +438,31 @@ def test_the_editor_bookkeeping_endpoints_answer_in_shape(client):
     assert client.get("/api/prompt").json()["exec_info"]["queue_remaining"] >= 0
     assert client.get("/api/global_subgraphs").json() == {}
     assert client.get("/api/experiment/models").json() == []
+
+
+def test_the_default_workflow_needs_the_node_types_it_uses(client):
+    # This server loads no model nodes, so the editor keeps its own default graph.
+    answer = client.get("/api/loom/default_workflow")
+    assert answer.status_code == 404 and "load_checkpoint" in answer.json()["message"]
+
+
+def test_the_default_workflow_lines_up_with_object_info():
+    from engine import Registry
+    from server.comfy.object_info import ObjectInfo
+    from server.comfy.workflow import ui_workflow
+
+    graph = json.loads((Path(__file__).resolve().parents[2] / "graphs" / "txt2img.json").read_text())
+    info = ObjectInfo(Registry.default(), lambda kind: ["shapes-tiny"], lambda: []).all()
+    workflow = ui_workflow(graph, info)
+    nodes = {n["type"]: n for n in workflow["nodes"]}
+    sample = nodes["sample"]
+    assert sample["widgets_values"][:4] == [0, "fixed", 20, 4.0]     # seed, its control value, steps, cfg
+    assert [i["name"] for i in sample["inputs"] if i["link"] is not None] == ["model", "positive", "latent", "negative"]
+    for link_id, src, slot, dst, dst_slot, kind in workflow["links"]:
+        source = workflow["nodes"][src - 1]
+        assert source["outputs"][slot]["type"] == kind and link_id in source["outputs"][slot]["links"]
+        assert workflow["nodes"][dst - 1]["inputs"][dst_slot]["link"] == link_id
+    assert nodes["save_image"]["widgets_values"] == ["txt2img", True]
 
 
 def test_routes_are_outside_the_v1_openapi_document(client):
