@@ -13,7 +13,8 @@ Authorization header, so the editor's requests and its websocket carry it withou
 scripts ever seeing it.
 
 `/loom/editor.js` is an editor extension: it replaces the editor's default workflow
-(whose models Loom does not have) with Loom's txt2img graph on the shipped model.
+(whose models Loom does not have) with Loom's txt2img graph on the shipped model, and
+opens PNGs that carry only Loom's graph (saved by `loom run` or `/v1`) as workflows.
 """
 from __future__ import annotations
 
@@ -47,6 +48,40 @@ import { app } from "../scripts/app.js";
 function signature(graph) {
   return JSON.stringify((graph?.nodes ?? []).map((n) => [n.type, n.widgets_values ?? []]).sort());
 }
+
+// A PNG that `loom run` or /v1 saved carries Loom's graph (tEXt "loom") but no ComfyUI
+// workflow: the server draws that graph as one, so dropping it on the canvas opens it too.
+function pngTexts(bytes) {
+  const view = new DataView(bytes.buffer);
+  const texts = {};
+  for (let pos = 8; pos + 8 <= bytes.length; ) {
+    const length = view.getUint32(pos);
+    const type = String.fromCharCode(...bytes.subarray(pos + 4, pos + 8));
+    if (type === "IEND") break;
+    if (type === "tEXt") {
+      const data = bytes.subarray(pos + 8, pos + 8 + length);
+      const zero = data.indexOf(0);
+      texts[new TextDecoder("latin1").decode(data.subarray(0, zero))] = new TextDecoder().decode(data.subarray(zero + 1));
+    }
+    pos += 12 + length;
+  }
+  return texts;
+}
+
+async function loomWorkflowOf(file) {
+  if (!(file instanceof Blob) || file.type !== "image/png") return null;
+  const texts = pngTexts(new Uint8Array(await file.arrayBuffer()));
+  if (texts.workflow || texts.prompt || !texts.loom) return null;
+  const response = await fetch("api/loom/workflow", {method: "POST", body: texts.loom,
+                                                     headers: {"content-type": "application/json"}});
+  return response.ok ? response.json() : null;
+}
+
+const handleFile = app.handleFile.bind(app);
+app.handleFile = async (file, ...rest) => {
+  const workflow = await loomWorkflowOf(file);
+  return workflow ? app.loadGraphData(workflow, true, true, file.name) : handleFile(file, ...rest);
+};
 
 app.registerExtension({
   name: "loom.defaultWorkflow",

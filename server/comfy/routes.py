@@ -19,6 +19,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile, WebSock
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
+from engine import Graph, GraphError
 from engine.paths import UnsafePath, contained
 
 from ..files import UploadRejected, output_content_type, store_uploaded_image
@@ -345,17 +346,28 @@ def mount(app: FastAPI, shell: ComfyShell, *, token: str | None, max_upload_byte
     def node_replacements():
         return {}
 
+    def drawn(graph: dict) -> dict | JSONResponse:
+        info = shell.object_info.all()
+        missing = sorted({body["type"] for body in graph["nodes"].values()} - set(info))
+        if missing:
+            return not_found(f"the graph needs node types this server does not load: "
+                             f"{', '.join(missing)}")
+        return ui_workflow(graph, info)
+
     @api.get("/loom/default_workflow")
     def default_workflow():
         if not DEFAULT_WORKFLOW.is_file():   # an install without the example graphs
             return not_found("no default workflow in this installation")
-        graph = json.loads(DEFAULT_WORKFLOW.read_text())
-        info = shell.object_info.all()
-        missing = sorted({body["type"] for body in graph["nodes"].values()} - set(info))
-        if missing:   # the editor then keeps its own default
-            return not_found(f"the default workflow needs node types this server does not load: "
-                             f"{', '.join(missing)}")
-        return ui_workflow(graph, info)
+        return drawn(json.loads(DEFAULT_WORKFLOW.read_text()))   # a 404 keeps the editor's own
+
+    @api.post("/loom/workflow")
+    async def workflow_of_graph(request: Request):
+        """A Loom graph document (as a Loom PNG carries it) drawn as an editor workflow."""
+        try:
+            graph = Graph.from_dict(await json_body(request)).to_dict()
+        except (ValueError, GraphError) as exc:
+            return bad_request(f"not a Loom graph: {exc}")
+        return drawn(graph)
 
     app.include_router(api)
     app.include_router(api, prefix="/api")

@@ -159,6 +159,16 @@ def test_comfyui_workflows_run_through_the_protocol(shapes_server, workflow):
                 assert png.size[0] >= 64 and len(colours) > 4                 # not blank
 
 
+# A real drop event on the canvas, carrying the PNG at `url` (what dragging a file does).
+DROP_PNG = """async (url) => {
+    const blob = await (await fetch(url)).blob();
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([blob], "dropped.png", {type: "image/png"}));
+    const canvas = document.querySelector("#graph-canvas") || document.querySelector("canvas");
+    canvas.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+}"""
+
+
 def browser_or_skip():
     in_ci = os.environ.get("CI") == "true"
     missing = []
@@ -213,11 +223,21 @@ def test_the_editor_loads_runs_the_default_workflow_and_reopens_a_png(shapes_ser
 
             # Dropping that PNG on an empty canvas brings its workflow back.
             page.evaluate("() => app.graph.clear()")
-            page.evaluate("""async (url) => {
-                const blob = await (await fetch(url)).blob();
-                await app.handleFile(new File([blob], "dropped.png", {type: "image/png"}));
-            }""", src)
+            page.evaluate(DROP_PNG, src)
             page.wait_for_function("() => app.graph._nodes.length === 7", timeout=30_000)
+
+            # So does a PNG Loom saved outside the editor (it carries only Loom's graph).
+            with shapes_server.client() as client:
+                graph = json.loads((REPO / "graphs" / "txt2img.json").read_text())
+                graph["nodes"]["save"]["inputs"]["prefix"] = "from_v1"
+                run = client.post("/v1/runs", params={"wait": "true"}, json={"graph": graph}).json()
+                assert run["status"] == "succeeded", run
+                loom_png = f"/v1/runs/{run['id']}/outputs/{run['files'][0]}"
+                assert "workflow" not in Image.open(io.BytesIO(client.get(loom_png).content)).text
+            page.evaluate("() => app.graph.clear()")
+            page.evaluate(DROP_PNG, loom_png)
+            page.wait_for_function("() => app.graph._nodes.length === 7", timeout=30_000)
+            assert page.evaluate("() => app.graph._nodes.find(n => n.type === 'save_image').widgets_values[0]") == "from_v1"
 
             # Loom's validation errors land on the right node: width 60 is not a multiple of 8.
             page.evaluate("""() => {
