@@ -84,7 +84,7 @@ def ui_to_api(workflow: dict, registry: Registry, source: str | None = None) -> 
             if found is None:
                 inputs.pop(name, None) if not slot.get("widget") else None
                 continue
-            inputs[name] = [str(found[1]), found[2]] if found[0] == "link" else found[1]
+            inputs[name] = [str(found[1]), found[2]] if found[0] == "link" else _api_value(found[1])
         node: dict[str, Any] = {"inputs": inputs, "class_type": kind}
         meta = {}
         if isinstance(raw.get("title"), str):
@@ -129,17 +129,22 @@ def _widget_inputs(raw: dict, spec) -> dict[str, Any]:
         return {}
     widgets = [name for name, i in spec.inputs.items() if is_widget(i)]
     if isinstance(values, dict):
-        return {k: v for k, v in values.items() if k in widgets}
+        return {k: _api_value(v) for k, v in values.items() if k in widgets}
     out: dict[str, Any] = {}
     position = 0
     for index, name in enumerate(widgets):
         if position >= len(values):
             break
-        out[name] = values[position]
+        out[name] = _api_value(values[position])
         position += 1
         if position < len(values) and _is_control_value(name, values[position], spec, widgets[index + 1:]):
             position += 1
     return out
+
+
+def _api_value(value: Any) -> Any:
+    """A widget value as the API format writes it: a list is wrapped, or it would read as a link."""
+    return {"__value__": value} if isinstance(value, list) else value
 
 
 def is_widget(input_spec) -> bool:

@@ -291,3 +291,61 @@ def test_annotated_image_names_are_read_as_the_editor_means_them(registry):
     with pytest.raises(GraphError) as info:
         read_api_prompt(prompt, registry)
     assert (info.value.problems[0].node, info.value.problems[0].input) == ("1", "image")
+
+
+def _as_ui(prompt: dict, registry, draw) -> tuple[dict, dict]:
+    """What the editor would save for `prompt` (widgets in input order, a control value after
+    seeds, a Reroute on some links, Notes), and the prompt it should queue (absent widgets
+    hold their defaults)."""
+    from nodes.comfy import is_widget
+
+    outputs = {nid: [] for nid in prompt}
+    expected, nodes, links = {}, [], []
+    next_id = max(int(n) for n in prompt) + 1
+    for nid, node in prompt.items():
+        spec = registry.get(node["class_type"])
+        inputs, widgets, queued = [], [], {}
+        for name, ispec in spec.inputs.items():
+            value = node["inputs"].get(name, ispec.default if is_widget(ispec) else None)
+            if value is None:
+                continue
+            queued[name] = value
+            if isinstance(value, list):                        # a link
+                link_id = len(links) + 1
+                source, slot = int(value[0]), value[1]
+                if draw(st.booleans()):                        # through a Reroute
+                    reroute, into = next_id, link_id + 1
+                    next_id += 1
+                    links.append([link_id, source, slot, reroute, 0, "*"])
+                    nodes.append({"id": reroute, "type": "Reroute", "mode": 0,
+                                  "inputs": [{"name": "", "type": "*", "link": link_id}],
+                                  "outputs": [{"name": "", "type": "*", "links": [into]}]})
+                    link_id, source, slot = into, reroute, 0
+                links.append([link_id, source, slot, int(nid), len(inputs), "*"])
+                entry = {"name": name, "type": "*", "link": link_id}
+                if is_widget(ispec):
+                    entry["widget"] = {"name": name}
+                    widgets.append(0)                          # stale: the link wins
+                inputs.append(entry)
+            else:
+                widgets.append(value["__value__"] if isinstance(value, dict) else value)
+                if name in ("seed", "noise_seed"):
+                    widgets.append(draw(st.sampled_from(["fixed", "increment", "decrement", "randomize"])))
+        ui_node = {"id": int(nid), "type": node["class_type"], "mode": 0, "inputs": inputs,
+                   "outputs": outputs[nid], "widgets_values": widgets}
+        if "_meta" in node:
+            ui_node["title"] = node["_meta"]["title"]
+        nodes.append(ui_node)
+        expected[nid] = {"inputs": queued, "class_type": node["class_type"],
+                         **({"_meta": {"title": node["_meta"]["title"]}} if "_meta" in node else {})}
+    nodes.append({"id": next_id, "type": "Note", "mode": 0, "widgets_values": ["a note"]})
+    return {"nodes": nodes, "links": links, "groups": [], "version": 0.4}, expected
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(prompt=api_prompts(), data=st.data())
+def test_a_ui_workflow_queues_the_prompt_it_was_saved_from(prompt, data, registry):
+    from nodes.comfy import ui_to_api
+
+    workflow, expected = _as_ui(prompt, registry, data.draw)
+    assert ui_to_api(workflow, registry) == expected
