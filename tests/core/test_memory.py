@@ -190,3 +190,14 @@ def test_a_result_cache_that_goes_away_is_not_kept_alive_by_a_shared_manager(reg
     del ex
     gc.collect()
     assert cache() is None
+
+
+def test_the_models_budget_is_a_setting_and_a_flag():
+    from engine import Settings
+    from engine.cli import _settings, build_parser
+
+    args = build_parser().parse_args(["run", "graph.json", "--models-memory-gb", "1.5"])
+    settings = _settings(args)
+    assert settings.models_memory_gb == 1.5
+    assert Executor(settings=settings).models.budget("cpu") == int(1.5 * 2**30)
+    assert Executor(settings=Settings()).models.budget("cpu") > 0      # from the machine's RAM
