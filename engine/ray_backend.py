@@ -48,6 +48,9 @@ _JSON_SCALARS = (type(None), bool, int, float, str)
 
 
 def import_ray():
+    """Ray, imported with the loopback settings in place (Ray reads them once, on import)."""
+    for name, value in LOOPBACK_ENV.items():
+        os.environ.setdefault(name, value)
     try:
         import ray
     except ImportError:
@@ -64,15 +67,19 @@ def connect(address: str | None = None, *, temp_dir: Path | None = None,
     ray = import_ray()
     if ray.is_initialized():
         return False
-    for name, value in LOOPBACK_ENV.items():
-        os.environ.setdefault(name, value)
     common = dict(namespace=namespace, include_dashboard=False, configure_logging=False,
                   log_to_driver=False)
     if address:
         ray.init(address=address, **common)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=_short_temp_dir(temp_dir),
-                 _node_ip_address="127.0.0.1", **common)
+        return True
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=_short_temp_dir(temp_dir),
+             _node_ip_address="127.0.0.1", **common)
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != "127.0.0.1":   # Ray was imported before `import_ray` could set it up
+        ray.shutdown()
+        raise LoomError(f"the local Ray would listen on {node_ip}, not only on loopback: import "
+                        f"Ray through engine.ray_backend.import_ray(), or set "
+                        f"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported")
     return True
 
 

@@ -16,7 +16,9 @@ for folder in (HERE, SERVER_TESTS):     # test node packs the workers import too
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-import ray  # noqa: E402 - the ray extra: pip install -e ".[ray]"
+from engine.ray_backend import import_ray  # noqa: E402
+
+ray = import_ray()   # first, so Ray is imported with its loopback settings (the ray extra)
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +30,8 @@ def ray_cluster():
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), str(SERVER_TESTS),
                                                 str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])
     connect(temp_dir=temp, num_cpus=2, num_gpus=2, namespace="loom-tests")
-    yield ray.get_runtime_context().gcs_address
+    address = ray.get_runtime_context().gcs_address
+    assert address.startswith("127.0.0.1:"), f"Ray must stay on loopback, not {address}"
+    yield address
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
