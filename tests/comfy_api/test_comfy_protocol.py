@@ -446,6 +446,19 @@ def test_the_default_workflow_needs_the_node_types_it_uses(client):
     assert answer.status_code == 404 and "load_checkpoint" in answer.json()["message"]
 
 
+def test_a_loom_graph_is_drawn_as_an_editor_workflow(client):
+    graph = {"loom": 1, "nodes": {"d": {"type": "draw_shape", "inputs": {"colour": "green"}},
+                                  "s": {"type": "save_image", "inputs": {"images": ["d", "image"]}}}}
+    workflow = client.post("/api/loom/workflow", json=graph).json()
+    assert [n["type"] for n in workflow["nodes"]] == ["draw_shape", "save_image"]
+    assert workflow["links"] == [[1, 1, 0, 2, 0, "IMAGE"]]
+    assert "green" in workflow["nodes"][0]["widgets_values"]
+    assert client.post("/api/loom/workflow", json={"nodes": 5}).status_code == 400
+    assert client.post("/api/loom/workflow", content=b"not json").status_code == 400
+    unknown = {"loom": 1, "nodes": {"x": {"type": "load_checkpoint", "inputs": {"name": "m"}}}}
+    assert client.post("/api/loom/workflow", json=unknown).status_code == 404
+
+
 def test_the_default_workflow_lines_up_with_object_info():
     from engine import Registry
     from server.comfy.object_info import ObjectInfo
