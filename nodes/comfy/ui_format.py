@@ -8,7 +8,7 @@
   origin_id / origin_slot / target_id / target_slot in schema version 1).
 - Muted nodes (mode 2) are dropped; bypassed nodes (mode 4) pass their input of the matching
   type through; Reroute and PrimitiveNode dissolve into direct links and literals; Note nodes
-  and groups are ignored. Subgraphs are refused with a message saying how to unpack them.
+  and groups are ignored. Subgraphs are expanded into their nodes (`nodes.comfy.subgraphs`).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from engine.errors import GraphError, Problem
 from engine.types import accepts_literal, strip_annotated
 from engine.registry import Registry
 
+from .subgraphs import expand_subgraphs
 from .vocabulary import SEED_WIDGETS, UI_ONLY
 
 MUTED, BYPASSED = 2, 4
@@ -40,16 +41,10 @@ def ui_to_api(workflow: dict, registry: Registry, source: str | None = None) -> 
             nodes[raw["id"]] = raw
         else:
             problems.append(Problem("a UI node needs an 'id' and a 'type'", file=source))
-    subgraphs = {s.get("id"): s.get("name", s.get("id"))
-                 for s in (workflow.get("definitions") or {}).get("subgraphs", []) if isinstance(s, dict)}
-    for node_id, raw in nodes.items():
-        if raw["type"] in subgraphs:
-            problems.append(Problem(f"uses subgraph '{subgraphs[raw['type']]}'; subgraphs are not "
-                                    "supported yet", node=str(node_id), file=source,
-                                    hint="unpack the subgraph in the editor and save again"))
     if problems:
         raise GraphError(problems)
     links = _links(workflow.get("links") or [])
+    expand_subgraphs(nodes, links, (workflow.get("definitions") or {}).get("subgraphs") or [], source)
 
     def source_of(link_id: Any, want_type: str | None, seen: frozenset = frozenset()):
         """What a link delivers: ("link", node, slot), ("value", v) or None (muted/missing)."""

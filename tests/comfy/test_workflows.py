@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Should have t:UserWarning"),
               pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")]
 
 WORKFLOW_FILES = sorted(p.name for p in WORKFLOWS.glob("*.json"))
-UI_TWINS = sorted(n for n in WORKFLOW_FILES if n.endswith(".ui.json"))
+UI_TWINS = sorted(n for n in WORKFLOW_FILES if n.endswith(".ui.json")
+                  and (WORKFLOWS / n.replace(".ui.", ".api.")).is_file())
 # each UI file is shown to give its API twin's graph, so the API files (and the UI file with
 # every editor quirk) are the ones run
 RUN_FILES = sorted(n for n in WORKFLOW_FILES if n.endswith(".api.json")) + ["txt2img.ui.json"]
@@ -86,14 +87,27 @@ def test_widget_values_saved_by_name_are_read_by_name(registry):
     assert ui_to_api(workflow, registry)["1"]["inputs"] == {"height": 96, "width": 128, "batch_size": 2}
 
 
-def test_subgraphs_are_refused_clearly(registry):
-    from nodes.comfy import read_ui_workflow
+def test_subgraphs_expand_into_their_nodes(registry):
+    """The sampler and decoder inside a subgraph, the seed promoted to the instance's widget:
+    the same graph as the flat workflow, the inner nodes named <instance>:<inner> as ComfyUI
+    names them."""
+    nested, _ = read("txt2img_subgraph.ui.json", registry)
+    flat, _ = read("txt2img.api.json", registry)
+    renamed = {"30:3": "3", "30:8": "8"}
 
-    workflow = {"nodes": [{"id": 1, "type": "a1b2", "mode": 0}], "links": [],
-                "definitions": {"subgraphs": [{"id": "a1b2", "name": "Upscaler"}]}}
-    with pytest.raises(GraphError) as info:
-        read_ui_workflow(workflow, registry)
-    assert "subgraph 'Upscaler'" in str(info.value) and "unpack" in str(info.value)
+    def unprefixed(value):
+        return type(value)(renamed.get(value.node, value.node), value.output) if hasattr(value, "node") else value
+    assert {renamed.get(n, n): (e.type, {k: unprefixed(v) for k, v in e.inputs.items()})
+            for n, e in nested.nodes.items()} == {n: (e.type, e.inputs) for n, e in flat.nodes.items()}
+
+
+def test_a_muted_subgraph_instance_is_dropped(registry):
+    from nodes.comfy import ui_to_api
+
+    workflow = json.loads((WORKFLOWS / "txt2img_subgraph.ui.json").read_text())
+    next(n for n in workflow["nodes"] if n["id"] == 30)["mode"] = 2
+    prompt = ui_to_api(workflow, registry)
+    assert not any(n.startswith("30:") for n in prompt) and "images" not in prompt["9"]["inputs"]
 
 
 def hand_written_txt2img(steps: int = 8, denoise: float = 1.0):
