@@ -272,5 +272,5 @@ def load_lora(ctx: Context, model: DiffusionModel, text_encoder: TextEncoder, na
 
     spec = LoraSpec(name=name, path=str(path), digest=file_digest(path),
                     strength_model=strength_model, strength_clip=strength_clip)
-    lora_mod.check_lora(ctx, spec)
+    lora_mod.check_lora(ctx, spec, model.family)
     return LoraOutputs(model.with_patch(loras=[spec]), text_encoder.with_patch(loras=[spec]))

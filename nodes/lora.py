@@ -32,22 +32,27 @@ def _adapter_name(spec: LoraSpec) -> str:
 
 def _state_dict(spec: LoraSpec, family: str) -> tuple[dict, Any]:
     """The LoRA in diffusers' key layout (kohya / A1111 files are converted by diffusers)."""
+    import inspect
+
     import diffusers.loaders
 
     from .families import family as family_of
 
     loader = getattr(diffusers.loaders, family_of(family).lora_loader)
-    return loader.lora_state_dict(spec.path)
+    if "return_alphas" in inspect.signature(loader.lora_state_dict).parameters:   # FLUX's loader
+        return loader.lora_state_dict(spec.path, return_alphas=True)
+    out = loader.lora_state_dict(spec.path)
+    return out if isinstance(out, tuple) else (out, None)                       # SD3's: no alphas
 
 
-def check_lora(ctx: Context, spec: LoraSpec) -> None:
-    """Fail early (naming the input) when the file is not a LoRA diffusers can read."""
+def check_lora(ctx: Context, spec: LoraSpec, family: str = "sd1") -> None:
+    """Fail early (naming the input) when the file is not a LoRA diffusers can read for the family."""
     try:
-        state, _ = _state_dict(spec, "sd1")
+        state, _ = _state_dict(spec, family)
     except Exception as exc:  # noqa: BLE001 - any unreadable file
         raise NodeInputError("name", f"{spec.name} is not a LoRA file diffusers can read: {exc}") from None
-    if not any(k.startswith(("unet.", *[p + "." for p in _TE_PREFIXES])) for k in state):
-        raise NodeInputError("name", f"{spec.name} holds no UNet or text-encoder LoRA weights")
+    if not any(k.startswith(("unet.", "transformer.", *[p + "." for p in _TE_PREFIXES])) for k in state):
+        raise NodeInputError("name", f"{spec.name} holds no denoiser or text-encoder LoRA weights")
 
 
 def _loaded(module: Any) -> OrderedDict:
@@ -68,21 +73,41 @@ def _retire_idle(module: Any, active: list[str], delete) -> None:
         del loaded[name]
 
 
+def _load_into_denoiser(family_name: str, state: dict, alphas: Any, denoiser: Any, name: str) -> None:
+    """One LoRA's denoiser weights into the shared UNet or transformer as a peft adapter."""
+    import inspect
+
+    import diffusers.loaders
+
+    from .families import family
+
+    fam = family(family_name)
+    if fam.denoiser[0] == "unet":
+        diffusers.loaders.StableDiffusionLoraLoaderMixin.load_lora_into_unet(
+            state, alphas, unet=denoiser, adapter_name=name)
+        return
+    loader = getattr(diffusers.loaders, fam.lora_loader)
+    extra = {"network_alphas": alphas} if "network_alphas" in inspect.signature(
+        loader.load_lora_into_transformer).parameters else {}
+    loader.load_lora_into_transformer(state, transformer=denoiser, adapter_name=name, **extra)
+
+
 def activate_unet(model: DiffusionModel) -> None:
-    """Enable exactly `model.loras` (with strength_model) on the shared UNet."""
+    """Enable exactly `model.loras` (with strength_model) on the shared denoiser (UNet or transformer)."""
+    from .families import family
+
     unet = model.unet
+    prefix = family(model.family).denoiser[0] + "."
     with _lock:
         active = [s for s in model.loras if s.strength_model != 0]
         for spec in active:
             name = _adapter_name(spec)
             if name not in _loaded(unet):
                 state, alphas = _state_dict(spec, model.family)
-                unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}
+                unet_state = {k: v for k, v in state.items() if k.startswith(prefix)}
                 if not unet_state:
                     continue
-                from diffusers.loaders import StableDiffusionLoraLoaderMixin
-                StableDiffusionLoraLoaderMixin.load_lora_into_unet(
-                    unet_state, alphas, unet=unet, adapter_name=name)
+                _load_into_denoiser(model.family, unet_state, alphas, unet, name)
                 _loaded(unet)[name] = None
         names = [_adapter_name(s) for s in active if _adapter_name(s) in _loaded(unet)]
         _retire_idle(unet, names, unet.delete_adapters)

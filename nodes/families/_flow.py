@@ -184,6 +184,9 @@ def run_flow_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning
         latents = init_latents
 
     # 5. Denoising loop
+    from ..lora import activate_unet
+
+    activate_unet(model)
     total = len(timesteps)
     n_neg, n_pos = len(negatives), len(positives)
     with on_device(ctx, transformer):
