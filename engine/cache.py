@@ -171,6 +171,10 @@ class Cache:
                 self.memory.put(key, hit)
         return hit
 
+    def unstorable(self, key: str) -> bool:
+        """True when the disk tier was offered this key's value and could not store it."""
+        return self.disk is not None and self.disk.unstorable(key)
+
     def put(self, key: str, outputs: Outputs) -> None:
         self.memory.put(key, outputs)
         if self.disk is not None:

@@ -47,6 +47,8 @@ CREATE TRIGGER IF NOT EXISTS entry_resized AFTER UPDATE OF size ON entries
     BEGIN UPDATE total SET bytes = bytes + NEW.size - OLD.size; END;
 CREATE TRIGGER IF NOT EXISTS entry_removed AFTER DELETE ON entries
     BEGIN UPDATE total SET bytes = bytes - OLD.size; END;
+-- keys whose values cannot be stored (loaded models): so `explain` can say why they rerun
+CREATE TABLE IF NOT EXISTS unstorable (key TEXT PRIMARY KEY);
 """
 
 
@@ -112,6 +114,8 @@ class DiskCache:
         try:
             payload = pack(outputs)
         except Unpersistable:
+            with self._lock:
+                self._index().execute("INSERT OR IGNORE INTO unstorable VALUES (?)", (key,))
             return False
         blob = MAGIC + hashlib.blake2b(payload, digest_size=_DIGEST).digest() + payload
         inline = len(blob) <= INLINE_LIMIT
@@ -151,6 +155,11 @@ class DiskCache:
         for key in files:
             self._path(key).unlink(missing_ok=True)
 
+    def unstorable(self, key: str) -> bool:
+        """True when a value under this key was offered and could not be stored."""
+        with self._lock:
+            return self._index().execute("SELECT 1 FROM unstorable WHERE key = ?", (key,)).fetchone() is not None
+
     def discard(self, key: str) -> None:
         with self._lock:
             self._index().execute("DELETE FROM entries WHERE key = ?", (key,))
@@ -160,6 +169,7 @@ class DiskCache:
         with self._lock:
             files = [k for (k,) in self._index().execute("SELECT key FROM entries WHERE blob IS NULL")]
             self._index().execute("DELETE FROM entries")
+            self._index().execute("DELETE FROM unstorable")
         for key in files:
             self._path(key).unlink(missing_ok=True)
 

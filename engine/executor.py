@@ -162,7 +162,8 @@ class Executor:
             else:
                 status = WILL_RUN
                 reason = why_not_cached(parts, previous.get(node_id), cacheable=spec.cacheable,
-                                        use_cache=True, evicted=self.cache.was_evicted(parts.key))
+                                        use_cache=True, evicted=self.cache.was_evicted(parts.key),
+                                        unstorable=self.cache.unstorable(parts.key))
             out[node_id] = Explanation(node_id, spec.type, status, reason)
         return out
 
@@ -317,7 +318,8 @@ class _Run:
             raise Cancelled(f"cancelled before node '{node_id}'")
         spec, parts = plan.checked.specs[node_id], plan.parts[node_id]
         reason = why_not_cached(parts, self.previous.get(node_id), cacheable=spec.cacheable,
-                                use_cache=self.use_cache, evicted=self.ex.cache.was_evicted(parts.key))
+                                use_cache=self.use_cache, evicted=self.ex.cache.was_evicted(parts.key),
+                                unstorable=self.ex.cache.unstorable(parts.key))
         if node_id in self.stale:
             reason = STALE_VARIANT
         self.publish(NODE_STARTED, node_id, spec.type, reason=reason)

@@ -86,8 +86,12 @@ class RunHistory:
                 path.unlink(missing_ok=True)
 
 
+NOT_STORED = ("loaded models are not cached between runs: reloaded from the fingerprinted file "
+              "(the value cannot be stored on disk)")
+
+
 def why_not_cached(parts: KeyParts, previous: KeyParts | None, *, cacheable: bool,
-                   use_cache: bool, evicted: bool) -> str:
+                   use_cache: bool, evicted: bool, unstorable: bool = False) -> str:
     """The reason a node has to run (its key was not in the cache)."""
     if not cacheable:
         return "never cached: the node declares outside randomness or side effects"
@@ -96,6 +100,8 @@ def why_not_cached(parts: KeyParts, previous: KeyParts | None, *, cacheable: boo
     if previous is None:
         return "first run: no earlier result for this node"
     if previous.key == parts.key:
+        if unstorable and not evicted:
+            return NOT_STORED
         return "not in cache: evicted" if evicted else "not in cache: evicted or cleared"
     changes = []
     if previous.type != parts.type:

@@ -134,7 +134,7 @@ def _missing_input(settings: Settings, name: str) -> str | None:
     try:
         path = contained(settings.input_dir, name)
     except UnsafePath as exc:
-        return str(exc)
+        return f"file name refused: {exc}"
     if not path.is_file():
         return f"no file {name!r} in the input folder ({Path(settings.input_dir).resolve()})"
     return None

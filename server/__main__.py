@@ -62,11 +62,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also answer to this Host name (repeatable; '*' for any)")
     p.add_argument("--allow-origin", action="append", default=[],
                    help="accept browser requests from this origin, e.g. https://ui.example")
-    p.add_argument("--max-nodes", type=int, default=limits.max_nodes)
-    p.add_argument("--max-width", type=int, default=limits.max_width)
-    p.add_argument("--max-height", type=int, default=limits.max_height)
-    p.add_argument("--max-steps", type=int, default=limits.max_steps)
-    p.add_argument("--max-batch", type=int, default=limits.max_batch)
+    p.add_argument("--max-nodes", type=int, default=limits.max_nodes,
+                   help="most nodes in one submitted graph (default %(default)s)")
+    p.add_argument("--max-width", type=int, default=limits.max_width,
+                   help="widest image a run may make, in pixels (default %(default)s)")
+    p.add_argument("--max-height", type=int, default=limits.max_height,
+                   help="tallest image a run may make, in pixels (default %(default)s)")
+    p.add_argument("--max-steps", type=int, default=limits.max_steps,
+                   help="most sampler steps of one sampler node (default %(default)s)")
+    p.add_argument("--max-batch", type=int, default=limits.max_batch,
+                   help="largest batch of images one node may make (default %(default)s)")
     p.add_argument("--max-repeats", type=int, default=limits.max_repeats,
                    help="most tries of a retry / values of a batch_over")
     p.add_argument("--max-scale", type=float, default=limits.max_scale, help="largest upscale factor")
@@ -77,7 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="retry tries and batch items of a whole run (default %(default)s)")
     p.add_argument("--max-run-seconds", type=float, default=limits.max_run_seconds,
                    help="wall-clock budget of one run (default %(default)s)")
-    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20)
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20,
+                   help="largest upload or request body, in MiB (default %(default)s)")
     p.add_argument("--max-attempts", type=int, default=d.max_attempts,
                    help="tries per run across crashes (default %(default)s)")
     p.add_argument("--event-queue-size", type=int, default=d.event_queue_size,
@@ -85,7 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--event-send-timeout", type=float, default=d.event_send_timeout,
                    help="seconds a websocket client may take to accept one message before "
                         "it is disconnected")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info",
+                   help="server log detail: debug, info (default), warning or error")
 
 
 def server_options(args: argparse.Namespace) -> dict:

@@ -120,11 +120,11 @@ def create_app(config: ServerConfig, service: RunService, hub: EventHub,
             if created:
                 return JSONResponse(Submitted(id=run.id, status=run.status).model_dump(),
                                     status_code=202, headers=headers)
-            return JSONResponse(RunView.of(run, with_graph=False).model_dump(), headers=headers)
+            return JSONResponse(RunView.of(run, with_graph=False).body(), headers=headers)
         limit = min(timeout or config.wait_timeout, config.wait_timeout)
         run = await wait_for_run(run.id, limit)
         status = 200 if run.status in FINAL else 202
-        return JSONResponse(RunView.of(run, with_graph=False).model_dump(), status_code=status,
+        return JSONResponse(RunView.of(run, with_graph=False).body(), status_code=status,
                             headers=headers)
 
     async def wait_for_run(run_id: str, seconds: float):
@@ -174,9 +174,10 @@ def create_app(config: ServerConfig, service: RunService, hub: EventHub,
         if outcome is None:
             return error(404, "not_found", f"no run {run_id!r}")
         if not outcome.accepted:
-            return error(409, "already_finished", f"run {run_id} has already {outcome.run.status}",
+            return error(409, "already_finished", f"run {run_id} already finished "
+                         f"({outcome.run.status}); only a queued or running run can be cancelled",
                          run=run_id)
-        view = RunView.of(outcome.run, with_graph=False).model_dump()
+        view = RunView.of(outcome.run, with_graph=False).body()
         return JSONResponse(view, status_code=200 if outcome.run.status in FINAL else 202)
 
     @app.get("/v1/runs/{run_id}/outputs/{name:path}",

@@ -102,6 +102,11 @@ class RunView(RunSummary):
                    model_loads=r.get("model_loads"), worker=r.get("worker"),
                    graph=run.graph if with_graph else None, params=run.params if with_graph else None)
 
+    def body(self) -> dict:
+        """The JSON body; a view without the graph leaves `graph` and `params` out rather than
+        saying `null`, which would read as a run that has no graph."""
+        return self.model_dump(exclude={k for k in ("graph", "params") if getattr(self, k) is None})
+
 
 class RunList(BaseModel):
     runs: list[RunSummary]

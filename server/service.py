@@ -13,6 +13,7 @@ from typing import Any
 from engine import Executor, Graph, GraphError, Problem
 from engine.model_inventory import Inventory
 from engine.models import ModelPaths
+from engine.preflight import preflight
 
 from .config import ServerConfig
 from .dispatch import RunDispatcher, make_event
@@ -46,19 +47,20 @@ class RunService:
     # -- runs ---------------------------------------------------------------------------
 
     def check(self, graph: dict, params: dict) -> None:
-        """Raise GraphError with every problem: engine validation plus this server's limits."""
+        """Raise GraphError with every problem: everything `loom validate` reports plus this
+        server's limits."""
         too_big = too_many_nodes(graph, self.config.limits)
         if too_big is not None:
             raise GraphError([too_big])
         problems = check_graph(graph, params, self.executor.limits, self.input_rules(),
                                input_dir=Path(self.settings.input_dir),
                                output_dir=Path(self.settings.output_dir))
-        try:
-            self.executor.check(Graph.from_dict(graph), params or None)
+        try:   # what `loom validate` checks: the graph, missing models and input files, the device
+            preflight(Graph.from_dict(graph), params or None, self.executor.registry, self.settings)
         except GraphError as exc:
             problems = list(exc.problems) + problems
         if problems:
-            raise GraphError(problems)
+            raise GraphError(list(dict.fromkeys(problems)))   # both check file names: once each
 
     def submit(self, graph: dict, params: dict,
                idempotency_key: str | None = None) -> tuple[RunRecord, bool]:
