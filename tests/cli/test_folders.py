@@ -100,3 +100,18 @@ def test_python_api_takes_the_same_settings(elsewhere):
     graph = Graph.load(TXT2IMG)
     assert executor.check(graph, {"model": "mine"}).outputs == ["save"]
     assert Settings().models_dirs == [ROOT / "models"]   # the project's folder, from anywhere
+
+
+def test_serve_keeps_its_data_in_the_user_data_folder_not_the_working_one(elsewhere, tmp_path,
+                                                                         monkeypatch):
+    import server.main
+
+    seen = {}
+    monkeypatch.setattr(server.main, "serve", lambda **kwargs: seen.update(kwargs))
+    assert main(["serve"]) == 0
+    assert seen["data_dir"] == tmp_path / "data" / "loom"          # $XDG_DATA_HOME/loom
+    assert seen["settings"].output_dir == tmp_path / "data" / "loom" / "outputs"
+    assert not any(elsewhere.iterdir())                               # nothing in the working folder
+    (elsewhere / "loom.toml").write_text('[server]\ndata_dir = "served"\nport = 9999\n')
+    assert main(["serve"]) == 0
+    assert (seen["data_dir"], seen["port"]) == ((elsewhere / "served").resolve(), 9999)
