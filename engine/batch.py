@@ -244,10 +244,17 @@ class RayBackend:
                 return ItemOutcome.of(index, outcome)
             except WorkerLost as exc:
                 reason = str(exc)
-                while not self.pool.ready(slot):
-                    pass
+                if not self._await_restart(slot):
+                    break
         return ItemOutcome(index, "failed", error={"error": "worker_lost", "message":
-                                                   f"its worker was lost twice ({reason})"})
+                                                   f"its worker was lost ({reason})"})
+
+    def _await_restart(self, slot: int, seconds: float = 300.0) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.pool.ready(slot):
+                return True
+        return False
 
     def close(self) -> None:
         self.pool.kill()
