@@ -30,7 +30,7 @@ from engine.paths import UnsafePath, contained
 from ..security import TOKEN_COOKIE
 
 EDITOR_PACKAGE = "comfyui_frontend_package"
-EDITOR_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; "
+EDITOR_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval' blob:; "
               "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
               "connect-src 'self' blob: data:; worker-src 'self' blob:; media-src 'self' blob: data:; "
               "frame-ancestors 'none'; base-uri 'self'; form-action 'self'")

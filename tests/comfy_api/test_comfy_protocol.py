@@ -478,6 +478,23 @@ def test_the_default_workflow_lines_up_with_object_info():
     assert nodes["save_image"]["widgets_values"] == ["txt2img", True]
 
 
+def test_the_editor_page_has_its_own_narrow_content_security_policy(client):
+    from server.comfy.editor import editor_root
+
+    page = client.get("/")
+    assert page.status_code == 200
+    policy = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "'unsafe-eval'" not in policy
+    if editor_root() is None:
+        assert "comfyui-frontend-package" in page.text and "GPL-3.0" in page.text
+    else:
+        assert "connect-src 'self'" in policy
+        assert client.get("/loom/editor.js").headers["content-type"].startswith("text/javascript")
+        assert client.get("/scripts/app.js").status_code == 200
+        assert client.get("/../pyproject.toml").status_code == 404
+    assert client.get("/api/extensions").json() == (["/loom/editor.js"] if editor_root() else [])
+
+
 def test_routes_are_outside_the_v1_openapi_document(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert "/prompt" not in paths and "/api/prompt" not in paths and "/v1/runs" in paths
