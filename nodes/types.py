@@ -153,6 +153,8 @@ class Conditioning(_PortType):
     text            the prompt text, for the PNG `parameters` chunk
     combined        further conditionings whose noise predictions the sampler averages with
                     this one's (conditioning_combine)
+    guidance        distilled guidance for a guidance-distilled model (ComfyUI's FluxGuidance puts
+                    it here); the sampler's own `guidance` input wins when given
     """
 
     embeds: torch.Tensor
@@ -165,6 +167,7 @@ class Conditioning(_PortType):
     aesthetic_score: float | None = None
     text: str = ""
     combined: list["Conditioning"] = field(default_factory=list)
+    guidance: float | None = None
 
     def entries(self) -> list["Conditioning"]:
         """This conditioning and those combined with it (conditioning_combine), flat."""

@@ -42,7 +42,7 @@ from .documents import read_ui_workflow
 from .ui_format import is_widget, ui_to_api
 from .vocabulary import COMFY_TYPES, SAMPLERS, SCHEDULES
 
-CLASS_TYPE_MODULES = ("loaders", "conditioning", "latent_image")
+CLASS_TYPE_MODULES = ("loaders", "conditioning", "latent_image", "flow_families")
 
 __all__ = ["COMFY_TYPES", "SAMPLERS", "SCHEDULES", "export_api_prompt", "is_comfy_class_type",
            "is_widget", "node_errors", "read_api_prompt", "read_ui_workflow", "register", "ui_to_api",

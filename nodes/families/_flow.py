@@ -150,7 +150,8 @@ def run_flow_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning
     positives = positive.entries()
     if fam.guidance == "distilled":
         do_cfg = cfg > 1.0 and negative is not None
-        guidance = fam.default_guidance if guidance is None else guidance
+        if guidance is None:
+            guidance = positive.guidance if positive.guidance is not None else fam.default_guidance
     else:
         do_cfg = cfg > 1.0
     negatives = (negative.entries() if negative is not None else [_zeros_like(positive)]) if do_cfg else []

@@ -30,9 +30,9 @@ def _is_flux_folder(index: dict, folder) -> bool:
         and "text_encoder_3" not in index)
 
 
-def encode(ctx, text_encoder, text: str):
+def encode(ctx, text_encoder, text: str, t5_text: str | None = None):
     """FLUX conditioning of one prompt: T5's tokens (weights apply to them) and CLIP-L's pooled
-    embedding, as FluxPipeline.encode_prompt forms them."""
+    embedding, as FluxPipeline.encode_prompt forms them; `t5_text` gives T5 its own prompt."""
     import torch
 
     from engine.errors import NodeInputError
@@ -53,7 +53,7 @@ def encode(ctx, text_encoder, text: str):
         tokenizer, encoder = clip
         ids, _ = _chunks(tokenizer, *_tokens(tokenizer, fragments))[0]   # truncated to one window
         pooled = encoder(torch.tensor([ids], device=encoder.device), output_hidden_states=False).pooler_output
-        embeds = encode_t5(*t5, fragments, T5_MAX_LENGTH)
+        embeds = encode_t5(*t5, fragments if t5_text is None else parse_weights(t5_text), T5_MAX_LENGTH)
     return Conditioning(_to_cpu(embeds), _to_cpu(pooled), family=text_encoder.family, text=text)
 
 
