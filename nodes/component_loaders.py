@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -28,9 +28,6 @@ from engine.types import model_name
 from ._common import fingerprint_model, read_state_dict, refuse_pickle, resolve_model, torch_dtype
 from .loaders import CONFIGS_DIR, shared_clip_tokenizer, single_file_keys
 from .types import DiffusionModel, TextEncoder, Vae
-
-if TYPE_CHECKING:
-    import torch
 
 DENOISER_KINDS = ("diffusion_models", "unet")
 TEXT_KINDS = ("text_encoders", "clip")
