@@ -56,7 +56,7 @@ def encode(ctx, text_encoder, text: str):
         clip = torch.cat(clip_states, dim=-1)
         t5 = text_encoder.encoder_for("t5xxl")
         if t5 is None:   # no T5 in this checkpoint: zeros where its tokens would be
-            sequence = torch.zeros_like(clip)
+            sequence = torch.zeros(1, T5_MAX_LENGTH, clip.shape[-1], dtype=clip.dtype, device=clip.device)
         else:
             sequence = encode_t5(*t5, fragments, T5_MAX_LENGTH)
             clip = F.pad(clip, (0, sequence.shape[-1] - clip.shape[-1]))

@@ -13,7 +13,9 @@ def models_dir(tmp_path_factory) -> Path:
     from tools.make_tiny_model import make_flux_pipeline, make_sd3_pipeline, write_split_files
 
     root = tmp_path_factory.mktemp("models")
-    make_sd3_pipeline(seed=0).save_pretrained(root / "checkpoints" / "tiny-sd3")
+    sd3 = make_sd3_pipeline(seed=0)
+    sd3.save_pretrained(root / "checkpoints" / "tiny-sd3")
+    write_split_files(sd3, root, "tiny-sd3")
     flux = make_flux_pipeline(seed=0)
     flux.save_pretrained(root / "checkpoints" / "tiny-flux")
     write_split_files(flux, root, "tiny-flux")

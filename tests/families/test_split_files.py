@@ -84,3 +84,36 @@ def test_fp8_text_encoder_is_upcast_as_it_loads(ctx, models_dir):
     weight = encoder.encoder.block[0].layer[0].SelfAttention.q.weight
     assert weight.dtype == torch.float32
     torch.testing.assert_close(weight, fp8["encoder.block.0.layer.0.SelfAttention.q.weight"].float())
+
+
+def test_sd3_split_files_give_the_folder_image(ctx):
+    def image(model, te, vae):
+        pos, neg = encode_text(ctx, te, PROMPT), encode_text(ctx, te, "")
+        out = run_sampler(ctx, model, pos, empty_latent(vae, width=64, height=64), neg, seed=3, steps=3, cfg=4.0,
+                          scheduler="euler")
+        return vae_decode(ctx, vae, out).pixels
+
+    folder = image(*load_checkpoint_handles(ctx, "tiny-sd3"))
+    te = load_text_encoders(ctx, family="sd3", clip_l="tiny-sd3-clip_l.safetensors", clip_g="tiny-sd3-clip_g.safetensors",
+                            t5xxl="tiny-sd3-t5xxl.safetensors", config="tiny-sd3")
+    split = image(load_denoiser(ctx, "tiny-sd3.safetensors", config="tiny-sd3"), te,
+                  load_vae(ctx, "tiny-sd3-ae.safetensors", config="tiny-sd3"))
+    assert te.roles == ["clip_l", "clip_g", "t5xxl"]
+    torch.testing.assert_close(split, folder, atol=1e-5, rtol=1e-5)
+
+
+def test_sd3_without_t5_pads_as_diffusers_does(ctx):
+    """No T5 file: zeros in its place, as StableDiffusion3Pipeline does with text_encoder_3=None."""
+    from diffusers import StableDiffusion3Pipeline
+
+    te = load_text_encoders(ctx, family="sd3", clip_l="tiny-sd3-clip_l.safetensors",
+                            clip_g="tiny-sd3-clip_g.safetensors", config="tiny-sd3")
+    model, _, vae = load_checkpoint_handles(ctx, "tiny-sd3")
+    cond = encode_text(ctx, te, PROMPT)
+    pipe = StableDiffusion3Pipeline(transformer=model.unet, vae=vae.vae, scheduler=None, text_encoder=te.encoders[0],
+                                    tokenizer=te.tokenizers[0], text_encoder_2=te.encoders[1],
+                                    tokenizer_2=te.tokenizers[1], text_encoder_3=None, tokenizer_3=None)
+    embeds, _, pooled, _ = pipe.encode_prompt(PROMPT, PROMPT, PROMPT, do_classifier_free_guidance=False)
+    width = model.unet.config.joint_attention_dim
+    torch.testing.assert_close(torch.nn.functional.pad(cond.embeds, (0, width - cond.embeds.shape[-1])), embeds)
+    torch.testing.assert_close(cond.pooled, pooled)
