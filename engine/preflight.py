@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Iterator, get_args
 
 from .errors import GraphError, Problem
 from .graph import Graph, Link
@@ -105,6 +105,25 @@ def resource_problems(graph: Graph, registry: Registry, settings: Settings) -> l
     Inputs say what they name through their schema (`x-loom-model`, `x-loom-path`)."""
     paths = ModelPaths(settings.models_dirs, settings.extra_model_paths)
     problems = []
+    for node_id, input_name, value, kind, folder in named_files(graph, registry):
+        message = hint = None
+        if kind is not None:
+            try:
+                paths.resolve(kind, value)
+            except ModelNotFound as exc:
+                message = str(exc)
+                hint = pull_command(graph.nodes[node_id].meta, value, kind)
+        elif folder == "input":
+            message = _missing_input(settings, value)
+        if message:
+            problems.append(Problem(message, node=node_id, input=input_name, hint=hint,
+                                    file=graph.source))
+    return problems
+
+
+def named_files(graph: Graph, registry: Registry) -> Iterator[tuple[str, str, str, str | None, str | None]]:
+    """(node, input, name, model kind, folder) for each literal input that names a model
+    (`x-loom-model` kind) or a file (`x-loom-path` folder) in its schema."""
     for node_id, entry in graph.nodes.items():
         spec = registry.get(entry.type)
         if spec is None:
@@ -115,19 +134,8 @@ def resource_problems(graph: Graph, registry: Registry, settings: Settings) -> l
                 continue
             kind = schema_marker(target.annotation, "x-loom-model")
             folder = schema_marker(target.annotation, "x-loom-path")
-            message = hint = None
-            if kind is not None:
-                try:
-                    paths.resolve(kind, value)
-                except ModelNotFound as exc:
-                    message = str(exc)
-                    hint = pull_command(entry.meta, value, kind)
-            elif folder == "input":
-                message = _missing_input(settings, value)
-            if message:
-                problems.append(Problem(message, node=node_id, input=input_name, hint=hint,
-                                        file=graph.source))
-    return problems
+            if kind is not None or folder is not None:
+                yield node_id, input_name, value, kind, folder
 
 
 def _missing_input(settings: Settings, name: str) -> str | None:

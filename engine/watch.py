@@ -14,31 +14,25 @@ from rich.console import Console
 
 from .errors import GraphError, LoomError, NodeError
 from .executor import Executor, RunResult
-from .graph import Graph, Link
+from .graph import Graph
 from .models import ModelNotFound, ModelPaths
 from .paths import UnsafePath, contained
-from .preflight import Checked, schema_marker
+from .preflight import Checked, named_files
 
 
 def files_read(graph: Graph, executor: Executor) -> set[Path]:
     """The files a graph reads besides itself: input files and model files its nodes name."""
-    settings, registry = executor.settings, executor.registry
+    settings = executor.settings
     paths = ModelPaths(settings.models_dirs, settings.extra_model_paths)
     found: set[Path] = set()
-    for entry in graph.nodes.values():
-        spec = registry.get(entry.type)
-        for name, value in entry.inputs.items():
-            item = spec.inputs.get(name) if spec else None
-            if item is None or isinstance(value, Link) or not isinstance(value, str) or not value:
-                continue
-            try:
-                kind = schema_marker(item.annotation, "x-loom-model")
-                if kind is not None:
-                    found.add(paths.resolve(kind, value))
-                elif schema_marker(item.annotation, "x-loom-path") == "input":
-                    found.add(contained(settings.input_dir, value))
-            except (ModelNotFound, UnsafePath):
-                continue
+    for _, _, name, kind, folder in named_files(graph, executor.registry):
+        try:
+            if kind is not None:
+                found.add(paths.resolve(kind, name))
+            elif folder == "input":
+                found.add(contained(settings.input_dir, name))
+        except (ModelNotFound, UnsafePath):
+            continue
     return found
 
 
