@@ -24,14 +24,15 @@ from .config import GraphLimits
 
 @dataclass(frozen=True)
 class InputRules:
-    """What a node type's schema says about its inputs: limit kinds and file folders."""
+    """What a node type's schema says about its inputs: limit kinds, file folders, model kinds."""
 
     limits: dict[str, tuple[str, ...]]   # input -> limit kinds
     paths: dict[str, str]                # input -> "input" | "output"
+    models: dict[str, str]               # input -> model kind ("checkpoints", "loras", ...)
 
 
 def input_rules_of(catalogue: list[dict]) -> dict[str, InputRules]:
-    """{node type: InputRules} from node schemas (`x-loom-limit`, `x-loom-path`)."""
+    """{node type: InputRules} from node schemas (`x-loom-limit`, `x-loom-path`, `x-loom-model`)."""
     found: dict[str, InputRules] = {}
     for entry in catalogue:
         props = entry.get("inputs", {}).get("properties", {})
@@ -39,8 +40,10 @@ def input_rules_of(catalogue: list[dict]) -> dict[str, InputRules]:
                   if isinstance(s, dict) and s.get("x-loom-limit")}
         paths = {name: s["x-loom-path"] for name, s in props.items()
                  if isinstance(s, dict) and s.get("x-loom-path") in ("input", "output")}
-        if limits or paths:
-            found[entry["type"]] = InputRules(limits, paths)
+        models = {name: s["x-loom-model"] for name, s in props.items()
+                  if isinstance(s, dict) and isinstance(s.get("x-loom-model"), str)}
+        if limits or paths or models:
+            found[entry["type"]] = InputRules(limits, paths, models)
     return found
 
 
@@ -75,8 +78,9 @@ def too_many_nodes(graph: dict, limits: GraphLimits) -> Problem | None:
 
 
 def check_graph(graph: dict, params: dict, limits: Limits, rules: dict[str, InputRules], *,
-                input_dir: Path, output_dir: Path) -> list[Problem]:
-    """Every literal over `limits` and every file name escaping its folder; [] when fine."""
+                input_dir: Path, output_dir: Path, models_dir: Path | None = None) -> list[Problem]:
+    """Every literal over `limits` and every file or model name escaping its folder; [] when
+    fine. Model names are checked against `models_dir` (the first models folder)."""
     problems: list[Problem] = []
     nodes = graph.get("nodes") if isinstance(graph.get("nodes"), dict) else {}
     for node_id, literals in effective_literals(graph, params).items():
@@ -96,4 +100,13 @@ def check_graph(graph: dict, params: dict, limits: Limits, rules: dict[str, Inpu
             except UnsafePath as exc:
                 problems.append(Problem(f"file name refused: {exc}", node=node_id, input=name,
                                         hint=f"use a plain relative name inside the {kind} folder"))
+        for name, kind in rule.models.items():
+            value = literals.get(name)
+            if not isinstance(value, str) or models_dir is None:
+                continue
+            try:
+                contained(models_dir / kind, value)
+            except UnsafePath as exc:
+                problems.append(Problem(f"model name refused: {exc}", node=node_id, input=name,
+                                        hint=f"name a model inside models/{kind}"))
     return problems

@@ -52,9 +52,11 @@ class RunService:
         too_big = too_many_nodes(graph, self.config.limits)
         if too_big is not None:
             raise GraphError([too_big])
+        models_dirs = list(self.settings.models_dirs)
         problems = check_graph(graph, params, self.executor.limits, self.input_rules(),
                                input_dir=Path(self.settings.input_dir),
-                               output_dir=Path(self.settings.output_dir))
+                               output_dir=Path(self.settings.output_dir),
+                               models_dir=Path(models_dirs[0]) if models_dirs else None)
         try:   # what `loom validate` checks: the graph, missing models and input files, the device
             preflight(Graph.from_dict(graph), params or None, self.executor.registry, self.settings)
         except GraphError as exc:

@@ -16,7 +16,7 @@ from pydantic import Field
 from engine import node
 from engine.context import Context
 from engine.limits import Limit
-from engine.types import OutputFile, file_input
+from engine.types import OutputFile, file_input, model_name
 
 
 @node("test.steps", category="test", cache=False)
@@ -81,6 +81,12 @@ def name_a_file(ctx: Context, name: str) -> str:
 def reject(value: Any) -> bool:
     """A check that never passes, whatever it is given (drives retries to their last try)."""
     return False
+
+
+@node("test.model_bytes", category="test", cache=False)
+def model_bytes(ctx: Context, name: model_name("checkpoints")) -> int:
+    """Size of a checkpoint file (what a loader would open)."""
+    return ctx.models.paths.resolve("checkpoints", name).stat().st_size
 
 
 @node("test.fail", category="test", cache=False)

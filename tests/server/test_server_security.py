@@ -90,6 +90,8 @@ GRAPH_ESCAPES = [
     ("test.read_input", "image", "a\x00b.png"),
     ("test.write_file", "prefix", "../../escaped"),
     ("test.write_file", "prefix", "/tmp/escaped"),
+    ("test.model_bytes", "name", "../../loom.sqlite3"),
+    ("test.model_bytes", "name", "/etc/passwd"),
 ]
 
 
