@@ -349,3 +349,18 @@ def test_a_ui_workflow_queues_the_prompt_it_was_saved_from(prompt, data, registr
 
     workflow, expected = _as_ui(prompt, registry, data.draw)
     assert ui_to_api(workflow, registry) == expected
+
+
+def test_loom_validate_takes_comfyui_files_and_their_params(tmp_path, capsys, models_dir):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("prompt", (WORKFLOWS / "txt2img.api.json").read_text())
+    Image.new("RGB", (8, 8)).save(tmp_path / "comfy.png", pnginfo=info)
+    for document in (tmp_path / "comfy.png", WORKFLOWS / "txt2img.ui.json"):
+        assert main(["validate", str(document), "--models-dir", str(models_dir),
+                     "--set", "Positive.text=a blue square", "--set", "3.steps=4"]) == 0
+    assert main(["validate", str(WORKFLOWS / "txt2img.ui.json"), "--models-dir", str(models_dir),
+                 "--set", "3.sampler_name=euler_cfg_pp"]) == 2
+    assert "dpmpp_2m_sde" in capsys.readouterr().err
