@@ -61,8 +61,8 @@ Percent = Annotated[float, Field(ge=0, le=1)]
 @node("ControlNetApply", category="comfy/conditioning", output="CONDITIONING")
 def controlnet_apply(conditioning: Conditioning, control_net: ControlNet, image: Image,
                      strength: Strength = 1.0) -> Conditioning:
-    """Attach a ControlNet guided by `image`; the sampler patches the model with it (Loom's
-    apply_controlnet, which guides the positive and the negative pass alike)."""
+    """Attach a ControlNet guided by `image` to this conditioning; the sampler patches the model
+    with it (Loom's apply_controlnet) for the pass of this conditioning only."""
     if strength == 0:
         return conditioning
     return with_control(conditioning, Control(control_net, image, strength, 0.0, 1.0))

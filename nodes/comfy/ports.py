@@ -81,18 +81,53 @@ def controls_of(cond: Conditioning | None) -> list[Control]:
     return found
 
 
-def model_with_controls(model: DiffusionModel, *conds: Conditioning | None) -> DiffusionModel:
-    """The model patched with every ControlNet attached to the conditionings (each once)."""
+def model_with_controls(model: DiffusionModel, positive: Conditioning | None,
+                        negative: Conditioning | None) -> DiffusionModel:
+    """The model patched with every ControlNet attached to the conditionings, each once, guiding
+    the passes of the conditionings it is attached to (ControlNetApply on the positive prompt
+    guides the positive pass only, as in ComfyUI; ControlNetApplyAdvanced guides both)."""
     from ..control import apply_controlnet
 
+    on_positive, on_negative = controls_of(positive), controls_of(negative)
     seen: list[Control] = []
-    for cond in conds:
-        for control in controls_of(cond):
-            if all(control is not s for s in seen):
-                seen.append(control)
-                model = apply_controlnet(model, control.controlnet, control.hint, control.strength,
-                                         control.start, control.end)
+    for control in [*on_positive, *on_negative]:
+        if any(control is s for s in seen):
+            continue
+        seen.append(control)
+        model = apply_controlnet(model, control.controlnet, control.hint, control.strength,
+                                 control.start, control.end)
+        guides_positive = any(control is c for c in on_positive)
+        guides_negative = any(control is c for c in on_negative)
+        if not (guides_positive and guides_negative):
+            model = dataclasses.replace(model, hooks=[*model.hooks[:-1],
+                                                      OnePass(model.hooks[-1], positive=guides_positive)])
     return model
+
+
+class OnePass:
+    """A ControlNet hook limited to the positive or the negative half of the guidance batch
+    ([negatives..., positives...], as the sampler and the ControlNet hook lay it out)."""
+
+    def __init__(self, hook, positive: bool):
+        self.hook = hook
+        self.positive = positive
+
+    def __call__(self, model: DiffusionModel, step) -> dict:
+        if not step.cfg_batched:
+            return self.hook(model, step) if self.positive else {}
+        extra = self.hook(model, step)
+        if not extra:
+            return extra
+        half = step.sample.shape[0] // 2
+        other = slice(0, half) if self.positive else slice(half, None)
+
+        def only_this_pass(t):
+            t = t.clone()
+            t[other] = 0
+            return t
+        return {"down_block_additional_residuals": [only_this_pass(t) for t in
+                                                    extra["down_block_additional_residuals"]],
+                "mid_block_additional_residual": only_this_pass(extra["mid_block_additional_residual"])}
 
 
 def call_node(fn, ctx, **inputs):

@@ -364,3 +364,23 @@ def test_loom_validate_takes_comfyui_files_and_their_params(tmp_path, capsys, mo
     assert main(["validate", str(WORKFLOWS / "txt2img.ui.json"), "--models-dir", str(models_dir),
                  "--set", "3.sampler_name=euler_cfg_pp"]) == 2
     assert "dpmpp_2m_sde" in capsys.readouterr().err
+
+
+def test_a_controlnet_on_one_conditioning_guides_that_pass_only():
+    import torch
+
+    from nodes.comfy.ports import OnePass
+    from nodes.types import StepInfo
+
+    def hook(model, step):
+        rows = step.sample.shape[0]
+        return {"down_block_additional_residuals": [torch.ones(rows, 2)], "mid_block_additional_residual": torch.ones(rows, 3)}
+
+    batched = StepInfo(torch.zeros(4, 4, 2, 2), torch.tensor(1), torch.zeros(4, 1, 1), 0, 1, True)
+    positive = OnePass(hook, positive=True)(None, batched)          # rows: [neg, neg, pos, pos]
+    assert positive["mid_block_additional_residual"][:, 0].tolist() == [0, 0, 1, 1]
+    negative = OnePass(hook, positive=False)(None, batched)
+    assert negative["down_block_additional_residuals"][0][:, 0].tolist() == [1, 1, 0, 0]
+    single = StepInfo(torch.zeros(2, 4, 2, 2), torch.tensor(1), torch.zeros(2, 1, 1), 0, 1, False)
+    assert OnePass(hook, positive=False)(None, single) == {}      # no negative pass without guidance
+    assert OnePass(hook, positive=True)(None, single)["mid_block_additional_residual"].sum() == 6
