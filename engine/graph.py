@@ -11,6 +11,7 @@ round-trip: `Graph.from_dict(d).to_dict() == d`.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,14 @@ class Graph:
     meta: dict | None = None
     name: str = "graph"               # identifies the graph for run history (explain)
     source: str | None = None         # file it came from, for error messages
+
+    def named_by_shape(self) -> "Graph":
+        """This graph named by its node ids and types (not its literal values), so the runs
+        of one workflow share explain history and different workflows never do, where
+        documents arrive without a name of their own (the server)."""
+        shape = json.dumps(sorted((node_id, entry.type) for node_id, entry in self.nodes.items()))
+        self.name = "graph-" + hashlib.blake2b(shape.encode(), digest_size=10).hexdigest()
+        return self
 
     # -- loading -------------------------------------------------------------------
     @classmethod

@@ -266,7 +266,7 @@ class Worker:
         base = {"worker": self.name, "ran": [], "cached": [], "timings": {}, "outputs": {},
                 "files": {}}
         try:
-            graph = Graph.from_dict(graph_doc)
+            graph = Graph.from_dict(graph_doc).named_by_shape()
             fingerprints = self.executor.plan(graph, params).fingerprints
             # Saves land in a fresh folder per run: its files are this run's, and a save node
             # is never answered from the cache with another run's file (its key sees the folder).

@@ -158,7 +158,7 @@ class LocalDispatcher:
 
     def _run_engine(self, run: RunRecord, token: CancelToken) -> tuple[str, dict, dict | None]:
         try:
-            graph = Graph.from_dict(run.graph)
+            graph = Graph.from_dict(run.graph).named_by_shape()
             outcome = self.executor.run(graph, run.params or None, cancel=token, run_id=run.id,
                                          check=False)
         except GraphError as exc:   # valid when queued, but the node set changed since
