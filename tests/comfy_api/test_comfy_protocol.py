@@ -561,7 +561,7 @@ def test_queue_and_history_survive_kill_9(start_comfy, tmp_path):
     with server.client() as c:
         done = c.post("/prompt", json={"prompt": draw_prompt("red", prefix="durable")}).json()["prompt_id"]
         wait_history(c, done)
-        blocker = c.post("/prompt", json={"prompt": steps_prompt(steps=150, seconds=0.1, tag="k")}).json()["prompt_id"]
+        blocker = c.post("/prompt", json={"prompt": steps_prompt(steps=100, seconds=0.05, tag="k")}).json()["prompt_id"]
         wait_running(c, blocker)
         waiting = c.post("/prompt", json={"prompt": steps_prompt(steps=1, tag="after")}).json()["prompt_id"]
     server.kill()
