@@ -11,6 +11,7 @@ Defaults for the folder and cache flags come from `loom.toml` (see `engine.confi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -60,13 +61,21 @@ def _typed_text(items: list[str]) -> dict[str, str]:
     return {name: raw for name, _, raw in (item.partition("=") for item in items)}
 
 
+@functools.lru_cache(maxsize=1)
+def _registry():
+    """The installed node types, found once per process: scanning the entry points of every
+    installed distribution costs a tenth of a second each time."""
+    from .registry import Registry
+
+    return Registry.default()
+
+
 def load_graph(path: str):
     """The graph in a file: Loom JSON, or any format an installed reader recognises (a PNG that
     carries its graph, a ComfyUI workflow, ...)."""
     from .documents import load_document
-    from .registry import Registry
 
-    return load_document(path, Registry.default())
+    return load_document(path, _registry())
 
 
 def _config(args):
@@ -133,12 +142,11 @@ def _executor(args, use_disk: bool = True):
     from .disk_cache import DiskCache
     from .executor import Executor
     from .explain import RunHistory
-    from .registry import Registry
 
     cache_dir = _cache_dir(args)
     disk = DiskCache(cache_dir / "results", budget_bytes=int(_cache_budget(args, "disk", 8.0) * 2**30)) \
         if use_disk else None
-    return Executor(registry=Registry.default(), settings=_settings(args),
+    return Executor(registry=_registry(), settings=_settings(args),
                     cache=Cache(MemoryCache(int(_cache_budget(args, "memory", 4.0) * 2**30)), disk),
                     history=RunHistory(cache_dir / "history") if use_disk else None)
 
@@ -197,9 +205,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .registry import Registry
-
-    checked = _preflight(args, load_graph(args.graph), Registry.default(), _settings(args))
+    checked = _preflight(args, load_graph(args.graph), _registry(), _settings(args))
     out.print(f"ok: {len(checked.checked.order)} nodes, outputs: {', '.join(checked.checked.outputs)}")
     return EXIT_OK
 
@@ -223,9 +229,8 @@ def cmd_explain(args) -> int:
 
 def cmd_params(args) -> int:
     from .describe import graph_params, param_lines
-    from .registry import Registry
 
-    rows = graph_params(load_graph(args.graph), Registry.default())
+    rows = graph_params(load_graph(args.graph), _registry())
     if args.json:
         out.print_json(json.dumps(rows))
         return EXIT_OK
@@ -239,9 +244,8 @@ def cmd_params(args) -> int:
 def cmd_nodes(args) -> int:
     from .describe import node_details, node_lines
     from .errors import LoomError
-    from .registry import Registry
 
-    registry = Registry.default()
+    registry = _registry()
     if args.type:
         spec = registry.get(args.type)
         if spec is None:
@@ -274,9 +278,8 @@ def cmd_watch(args) -> int:
 
 def cmd_convert(args) -> int:
     from .documents import LOOM_FORMAT, load_document, write_document
-    from .registry import Registry
 
-    registry = Registry.default()
+    registry = _registry()
     document = write_document(load_document(args.graph, registry), args.to or LOOM_FORMAT, registry)
     text = json.dumps(document, indent=2) + "\n"
     if args.output:
