@@ -47,7 +47,9 @@ def test_nodes_in_a_pseudo_terminal_fit_its_width():
         chunks.append(chunk)
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
     lines = b"".join(chunks).decode().splitlines()
-    types = {spec.type for spec in Registry.default()}
+    listed = subprocess.run([sys.executable, "-m", "engine.cli", "nodes", "--json"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    types = {entry["type"] for entry in json.loads(listed)}   # the same installed packs
     assert {line.split()[0] for line in lines if line.strip()} == types
     assert max(len(line) for line in lines) <= 80
 
