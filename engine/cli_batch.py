@@ -48,8 +48,10 @@ def cmd_batch(args, executor_of, load_graph, parse_sets, err: Console) -> int:
     items = [{**fixed, **item} for item in
              batch_items(Path(args.params) if args.params else None, args.sweep)]
     executor = executor_of(args)
-    for module in args.nodes:
-        executor.registry.load_module(module)
+    if args.nodes:
+        executor.registry = executor.registry.copy()   # the process-wide registry stays as installed
+        for module in args.nodes:
+            executor.registry.load_module(module)
     executor.check(graph, items[0])      # a bad graph fails once, here, not once per item
     out_dir = Path(args.out)
     if args.backend == "ray":

@@ -79,6 +79,16 @@ class Registry:
     def writer(self, format: str) -> DocumentWriter | None:
         return self._writers.get(format)
 
+    def copy(self) -> "Registry":
+        """The same node types, readers, writers and detectors, to extend without changing
+        this registry (the CLI shares one per process)."""
+        clone = Registry()
+        clone._specs = dict(self._specs)
+        clone._readers = dict(self._readers)
+        clone._writers = dict(self._writers)
+        clone._model_detectors = list(self._model_detectors)
+        return clone
+
     def register_model_detector(self, detect: Callable[[Path, str], str | None]) -> None:
         """`detect(path, kind)` names the model family of a file or folder in the models
         folders (e.g. "sdxl"), or None; `loom models list` asks each pack in turn."""

@@ -199,3 +199,14 @@ def test_a_batch_without_items_is_refused(tmp_path, capsys):
     graph_file.write_text(json.dumps(item_graph()))
     assert main(["batch", str(graph_file), "--nodes", "loom_batch_nodes"]) == 2
     assert "--params" in capsys.readouterr().err
+
+
+def test_extra_node_modules_do_not_leak_into_the_installed_catalogue(tmp_path):
+    from engine.cli import _registry
+
+    before = {spec.type for spec in _registry()}
+    graph_file = tmp_path / "graph.json"
+    graph_file.write_text(json.dumps(item_graph()))
+    assert main(["batch", str(graph_file), "--nodes", "loom_batch_nodes", "--sweep", "seed=0..1",
+                 "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert {spec.type for spec in _registry()} == before
