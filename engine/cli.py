@@ -168,7 +168,7 @@ def _print_problems(error) -> None:
 # -- commands -------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from .display import RunDisplay, json_value, summarise
+    from .display import RunDisplay, json_value, print_outputs
     from .errors import Cancelled, NodeError
 
     executor = _executor(args, use_disk=not args.no_cache)
@@ -189,11 +189,7 @@ def cmd_run(args) -> int:
         report["outputs"] = {n: {k: json_value(v) for k, v in o.items()} for n, o in result.outputs.items()}
         out.print_json(json.dumps(report))
     else:
-        for node_id, outputs in result.outputs.items():
-            for name, value in outputs.items():
-                out.print(f"[bold]{node_id}[/bold].{name} = {summarise(value)}", highlight=False)
-        err.print(f"{len(result.ran)} ran, {len(result.cached)} cached, "
-                  f"{sum(result.timings.values()):.2f}s in nodes")
+        print_outputs(result, out, err)
     if isinstance(result.error, NodeError):
         err.print(f"failed: {result.error}", style="red", markup=False, highlight=False)
         if args.traceback:

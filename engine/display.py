@@ -78,6 +78,15 @@ def summarise(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def print_outputs(result, out, err) -> None:
+    """Each output value of a run (stdout), then how many nodes ran and came from the cache."""
+    for node_id, outputs in result.outputs.items():
+        for name, value in outputs.items():
+            out.print(f"[bold]{node_id}[/bold].{name} = {summarise(value)}", highlight=False)
+    err.print(f"{len(result.ran)} ran, {len(result.cached)} cached, "
+              f"{sum(result.timings.values()):.2f}s in nodes")
+
+
 def json_value(value: Any) -> Any:
     """An output for `--json`: numbers, text, booleans and lists or mappings of them stay what
     they are; anything else (tensors, images, models) becomes its short summary."""

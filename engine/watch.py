@@ -86,16 +86,12 @@ def _run_once(load, check, executor: Executor, out: Console, err: Console, numbe
 
 
 def _print_result(result: RunResult, out: Console, err: Console) -> None:
-    from .display import summarise
+    from .display import print_outputs
 
     for record in result.records:
         if record.status == "ran":
             err.print(f"[green]✓ ran[/green] {record.node} [dim]({record.type})[/dim] "
                       f"{record.seconds:.2f}s: {record.reason}", highlight=False)
-    for node_id, outputs in result.outputs.items():
-        for name, value in outputs.items():
-            out.print(f"[bold]{node_id}[/bold].{name} = {summarise(value)}", highlight=False)
-    err.print(f"{len(result.ran)} ran, {len(result.cached)} cached, "
-              f"{sum(result.timings.values()):.2f}s in nodes")
+    print_outputs(result, out, err)
     if isinstance(result.error, NodeError):
         err.print(f"failed: {result.error}", style="red", markup=False, highlight=False)
