@@ -28,14 +28,13 @@ from fastapi import FastAPI, File, Header, Query, Request, UploadFile, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
-from starlette.websockets import WebSocketDisconnect
 
 from engine import GraphError
 from engine.paths import UnsafePath
 
 from .config import ServerConfig
 from .errors import new_error_id
-from .events import EventHub
+from .events import EventHub, relay, send_or_close
 from .files import UploadRejected, output_content_type
 from .model_pulls import AlreadyPulling, ModelPulls, NoModelsFolder
 from .schemas import (ErrorView, Health, ModelList, NodeCatalogue, Problems, PullRequest,
@@ -220,34 +219,10 @@ def create_app(config: ServerConfig, service: RunService, hub: EventHub,
             hub.unsubscribe(sub)
 
     async def pump_events(ws: WebSocket, sub) -> None:
-        async def until_closed():
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-                while True:
-                    message = await ws.receive()
-                    if message["type"] == "websocket.disconnect":
-                        return
+        async def render(events: list[dict]) -> list[str]:
+            return [json.dumps(event, default=str) for event in events]
 
-        closed = asyncio.create_task(until_closed())
-        try:
-            while True:
-                batch = asyncio.create_task(sub.next_batch())
-                done, _ = await asyncio.wait({batch, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if closed in done:
-                    batch.cancel()
-                    return
-                for event in batch.result():
-                    text = json.dumps(event, default=str)
-                    try:
-                        await asyncio.wait_for(ws.send_text(text), config.event_send_timeout)
-                    except asyncio.TimeoutError:
-                        log.warning("closing an event client that stopped reading")
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(ws.close(code=1013, reason="too slow"), 1)
-                        return
-                    except (WebSocketDisconnect, RuntimeError):
-                        return
-        finally:
-            closed.cancel()
+        await relay(ws, sub, render, lambda text: send_or_close(ws, text, config.event_send_timeout))
 
     # -- catalogue, models, uploads, health ---------------------------------------------
 

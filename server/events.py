@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
+
+from starlette.websockets import WebSocketDisconnect
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +117,46 @@ class EventHub:
         for future in self.waiters.pop(run_id, []):
             if not future.done():
                 future.set_result(None)
+
+
+async def send_or_close(ws, text: str, timeout: float) -> bool:
+    """Send one message; a client that cannot take it within `timeout` is closed (1013)."""
+    try:
+        await asyncio.wait_for(ws.send_text(text), timeout)
+        return True
+    except asyncio.TimeoutError:
+        log.warning("closing a websocket client that stopped reading")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(code=1013, reason="too slow"), 1)
+        return False
+    except (WebSocketDisconnect, RuntimeError):
+        return False
+
+
+async def relay(ws, sub: "Subscriber", render: Callable[[list[dict]], Awaitable[list[str]]],
+                send: Callable[[str], Awaitable[bool]],
+                on_text: Callable[[str], Awaitable[None]] | None = None) -> None:
+    """Send `sub`'s events to a websocket client, each batch rendered to messages, until the
+    client leaves or a send fails; `on_text` answers what the client sends meanwhile."""
+    async def read_client():
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while True:
+                incoming = await ws.receive()
+                if incoming["type"] == "websocket.disconnect":
+                    return
+                if on_text is not None and incoming.get("text"):
+                    await on_text(incoming["text"])
+
+    closed = asyncio.create_task(read_client())
+    try:
+        while True:
+            batch = asyncio.create_task(sub.next_batch())
+            done, _ = await asyncio.wait({batch, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if closed in done:
+                batch.cancel()
+                return
+            for text in await render(batch.result()):
+                if not await send(text):
+                    return
+    finally:
+        closed.cancel()

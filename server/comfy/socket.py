@@ -21,8 +21,6 @@ frame as a result image must never get one unasked.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -33,9 +31,8 @@ from typing import Any, Callable
 
 from fastapi import WebSocket
 from fastapi.concurrency import run_in_threadpool
-from starlette.websockets import WebSocketDisconnect
 
-from ..events import EVENTS_DROPPED, EventHub
+from ..events import EVENTS_DROPPED, EventHub, relay, send_or_close
 from ..store import QUEUED, RUNNING, RunRecord
 from .views import client_id_of, node_images, prompt_id_of
 
@@ -116,41 +113,15 @@ class ComfySocket:
             self.hub.unsubscribe(sub)
 
     async def pump(self, ws: WebSocket, sub, sid: str, everything: bool) -> None:
-        async def read_client():
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-                while True:
-                    incoming = await ws.receive()
-                    if incoming["type"] == "websocket.disconnect":
-                        return
-                    text = incoming.get("text")
-                    if text and _is_feature_flags(text):
-                        await self.send(ws, message("feature_flags", **SERVER_FEATURES))
+        async def answer(text: str) -> None:
+            if _is_feature_flags(text):
+                await self.send(ws, message("feature_flags", **SERVER_FEATURES))
 
-        closed = asyncio.create_task(read_client())
-        try:
-            while True:
-                batch = asyncio.create_task(sub.next_batch())
-                done, _ = await asyncio.wait({batch, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if closed in done:
-                    batch.cancel()
-                    return
-                for text in await self.translate(batch.result(), sid, everything):
-                    if not await self.send(ws, text):
-                        return
-        finally:
-            closed.cancel()
+        await relay(ws, sub, lambda events: self.translate(events, sid, everything),
+                    lambda text: self.send(ws, text), on_text=answer)
 
     async def send(self, ws: WebSocket, text: str) -> bool:
-        try:
-            await asyncio.wait_for(ws.send_text(text), self.send_timeout)
-            return True
-        except asyncio.TimeoutError:
-            log.warning("closing a ComfyUI websocket client that stopped reading")
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(code=1013, reason="too slow"), 1)
-            return False
-        except (WebSocketDisconnect, RuntimeError):
-            return False
+        return await send_or_close(ws, text, self.send_timeout)
 
     async def translate(self, events: list[dict], sid: str, everything: bool) -> list[str]:
         out: list[str] = []
