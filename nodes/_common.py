@@ -120,6 +120,20 @@ def seeded_noise(shape: tuple[int, ...], seed: int, offsets: list[int]) -> tuple
     return noise, generators
 
 
+def _already_on(module: Any, device: str) -> bool:
+    """Whether the module lies on `device` ("cuda" meaning the current CUDA device). Modules
+    move whole (here and in the model manager), so the first parameter says where all are."""
+    import torch
+
+    first = next(module.parameters(), None) if hasattr(module, "parameters") else None
+    if first is None:
+        return False
+    target = torch.device(device)
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
+    return first.device == target
+
+
 class on_device:
     """Keep modules on the run's device while in use; with the cpu_offload option they live
     on the CPU and visit the device only for the duration of the block."""
@@ -131,7 +145,8 @@ class on_device:
 
     def __enter__(self):
         for m in self.modules:
-            m.to(self.device)
+            if not _already_on(m, self.device):   # a module's .to() walks every parameter, even to stay put
+                m.to(self.device)
         return self
 
     def __exit__(self, *exc):
