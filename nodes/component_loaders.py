@@ -150,7 +150,7 @@ def load_diffusion_model(ctx: Context, name: model_name("diffusion_models"),
 # text encoders
 # ---------------------------------------------------------------------------
 
-def _t5_tokenizer(ctx: Context, folder: Path | None):
+def t5_tokenizer(ctx: Context, folder: Path | None):
     from .loaders import load_tokenizer
 
     candidates = [folder] if folder is not None else []
@@ -189,23 +189,44 @@ def load_text_model(ctx: Context, slot, config_dir: Path, name: str, input_name:
 
         encoder = cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
         if slot.tokenizer_class.startswith("T5"):
-            tokenizer = _t5_tokenizer(ctx, path)
+            tokenizer = t5_tokenizer(ctx, path)
         else:
             tokenizer = load_tokenizer(path, slot)
         return tokenizer, encoder
     state = read_state_dict(ctx.settings, path, input_name)
     state = {k.removeprefix("transformer."): v for k, v in state.items()}   # some CLIP exports nest it
+    encoder = text_model_from_state(slot, config_dir, state, dtype, path.name, input_name)
+    return _single_file_tokenizer(ctx, slot, config_dir / slot.tokenizer), encoder
+
+
+def text_model_from_state(slot, config_dir: Path, state: dict, dtype, source: str, input_name: str):
+    """One text-encoder slot's model from its weights in transformers' key layout, architecture
+    from the config folder; narrow floats (fp8) upcast to `dtype`. `source` names the weights in errors."""
+    import transformers
+
+    cls = getattr(transformers, slot.encoder_class)
     config = cls.config_class.from_pretrained(config_dir / slot.encoder)
+    if slot.encoder_class.endswith("WithProjection"):
+        state = _identity_projection(state, config)
     try:
         encoder = cls.from_pretrained(None, config=config, state_dict=_upcast_state(state, dtype), torch_dtype=dtype)
     except (RuntimeError, ValueError) as exc:
-        raise NodeInputError(input_name, f"{path.name} does not fit a {slot.role} encoder: {exc}") from None
+        raise NodeInputError(input_name, f"{source} does not fit a {slot.role} encoder: {exc}") from None
     missing = [n for n, p in encoder.named_parameters() if n not in state and p.is_meta]
     if missing:
-        raise NodeInputError(input_name, f"{path.name} is not a {slot.role} text encoder "
+        raise NodeInputError(input_name, f"{source} is not a {slot.role} text encoder "
                                          f"(missing {len(missing)} weights, e.g. {missing[0]})")
-    encoder.to(dtype)
-    return _single_file_tokenizer(ctx, slot, config_dir / slot.tokenizer), encoder
+    return encoder.to(dtype)
+
+
+def _identity_projection(state: dict, config) -> dict:
+    """SD3 takes CLIP-L's pooled output unprojected, so the released clip_l files carry no
+    text_projection; an identity stands in for it, as diffusers puts in for Stability's files."""
+    import torch
+
+    if "text_projection.weight" in state or config.projection_dim != config.hidden_size:
+        return state
+    return {**state, "text_projection.weight": torch.eye(config.hidden_size)}
 
 
 def _single_file_tokenizer(ctx: Context, slot, folder: Path):
@@ -214,7 +235,7 @@ def _single_file_tokenizer(ctx: Context, slot, folder: Path):
     from .loaders import load_tokenizer
 
     if slot.tokenizer_class.startswith("T5"):
-        return _t5_tokenizer(ctx, None)
+        return t5_tokenizer(ctx, None)
     if any((folder / f).is_file() for f in ("vocab.json", "tokenizer.json")):
         return load_tokenizer(folder, slot)
     return shared_clip_tokenizer(folder)

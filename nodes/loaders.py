@@ -177,6 +177,53 @@ def _load_components(path: Path, family_name: str, inpainting: bool, config_dir:
     return comps
 
 
+def _transformer_family(family_name: str) -> bool:
+    from .families import family
+
+    return family(family_name).denoiser[0] == "transformer"
+
+
+def _load_transformer_file(ctx: Context, path: Path, family_name: str, config_dir: Path,
+                           keys: dict[str, tuple], dtype: torch.dtype) -> dict:
+    """The parts of a transformer family's single file (Stability's SD3.5 layout): the denoiser
+    (model.diffusion_model.*) and VAE (first_stage_model.*) through diffusers' conversion, and
+    each text encoder the file carries, picked by its role (text_encoders.<role>.transformer.*)
+    rather than by its width, so that any encoder may be left out (sd3.5_large.safetensors has
+    none, the *_incl_clips files no T5) and fp8 encoders are upcast as split files are."""
+    import diffusers
+
+    from .component_loaders import t5_tokenizer, text_model_from_state
+    from .families import family
+
+    fam = family(family_name)
+    state = read_state_dict(ctx.settings, path)
+    encoders = {}
+    for slot in fam.text:
+        prefix = f"text_encoders.{slot.role}.transformer."
+        if any(k.startswith(prefix) for k in keys):
+            encoders[slot.role] = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+    kw = dict(config=str(config_dir), local_files_only=True, torch_dtype=dtype)
+    denoiser = getattr(diffusers, fam.denoiser[1]).from_single_file(state, subfolder=fam.denoiser[0], **kw)
+    vae = diffusers.AutoencoderKL.from_single_file(state, subfolder="vae", **kw)
+    comps = {"unet": denoiser, "vae": vae, "tokenizers": [], "encoders": [], "roles": [],
+             "scheduler_config": json.loads((config_dir / "scheduler" / "scheduler_config.json").read_text())}
+    for slot in fam.text:
+        if slot.role not in encoders:
+            continue
+        folder = config_dir / slot.tokenizer
+        if slot.tokenizer_class.startswith("T5"):
+            tokenizer = t5_tokenizer(ctx, folder)
+        elif any((folder / f).is_file() for f in ("vocab.json", "tokenizer.json")):
+            tokenizer = load_tokenizer(folder, slot)
+        else:
+            tokenizer = shared_clip_tokenizer(folder)
+        comps["tokenizers"].append(tokenizer)
+        comps["encoders"].append(text_model_from_state(slot, config_dir, encoders.pop(slot.role), dtype,
+                                                       f"{path.name} ({slot.role})", "name"))
+        comps["roles"].append(slot.role)
+    return comps
+
+
 def load_tokenizer(folder: Path, slot):
     """The tokenizer a slot of a diffusers folder holds; a clear error when its files are missing
     (a T5 tokenizer needs tokenizer.json, or spiece.model with the sentencepiece package)."""
@@ -210,7 +257,7 @@ def load_checkpoint_handles(ctx: Context, name: str, config: str = "auto") -> Ch
         if not (path / "model_index.json").is_file():
             raise NodeInputError("name", f"{path.name} is a folder without model_index.json "
                                          "(not a diffusers checkpoint)")
-        family, inpainting, config_dir = _folder_family(path), None, None
+        family, inpainting, config_dir, keys = _folder_family(path), None, None, {}
     else:
         keys = single_file_keys(path, ctx.settings)
         family, inpainting = detect_family(keys)
@@ -219,7 +266,10 @@ def load_checkpoint_handles(ctx: Context, name: str, config: str = "auto") -> Ch
     identity = f"{digest}|{config_dir.name if config_dir else ''}|{device}|{dtype}"
 
     def load() -> dict:
-        comps = _load_components(path, family, bool(inpainting), config_dir, dtype)
+        if config_dir is not None and keys and _transformer_family(family):
+            comps = _load_transformer_file(ctx, path, family, config_dir, keys, dtype)
+        else:
+            comps = _load_components(path, family, bool(inpainting), config_dir, dtype)
         for module in (comps["unet"], comps["vae"], *comps["encoders"]):
             module.eval().requires_grad_(False)
             if not ctx.settings.options.get("cpu_offload"):

@@ -1,0 +1,203 @@
+"""SD3.5 and FLUX from the files people download, in their released key layouts, give the
+diffusers folder's image through Loom's real loaders.
+
+The files are tiny random models converted from diffusers' layout to the released one (the
+inverse of the key mapping in diffusers' single-file conversion): Stability's single-file
+SD3.5 checkpoints (`model.diffusion_model.joint_blocks.*`, `first_stage_model.*`,
+`text_encoders.clip_l/clip_g/t5xxl.transformer.*`) with all, some or none of the text
+encoders inside, and CLIP-L files without a projection as SD3.5's text_encoders/clip_l is.
+Each conversion is checked by converting back with diffusers' own code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nodes.latent import empty_latent
+from nodes.loaders import load_checkpoint_handles
+from nodes.sampling import run_sampler
+from nodes.text import encode_text
+from nodes.vae import vae_decode
+
+PROMPT = "a red circle on a blue background"
+
+
+# ---------------------------------------------------------------------------
+# diffusers -> released key layouts
+# ---------------------------------------------------------------------------
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """diffusers' AdaLayerNormContinuous reads (scale, shift), the released models (shift, scale)."""
+    a, b = t.chunk(2, dim=0)
+    return torch.cat([b, a], dim=0)
+
+
+SD3_RENAMES = {
+    "pos_embed.pos_embed": "pos_embed", "pos_embed.proj.": "x_embedder.proj.",
+    "time_text_embed.timestep_embedder.linear_1.": "t_embedder.mlp.0.",
+    "time_text_embed.timestep_embedder.linear_2.": "t_embedder.mlp.2.",
+    "time_text_embed.text_embedder.linear_1.": "y_embedder.mlp.0.",
+    "time_text_embed.text_embedder.linear_2.": "y_embedder.mlp.2.",
+    "context_embedder.": "context_embedder.", "proj_out.": "final_layer.linear.",
+}
+SD3_BLOCK = {"attn.to_out.0.": "x_block.attn.proj.", "attn.to_add_out.": "context_block.attn.proj.",
+             "attn2.to_out.0.": "x_block.attn2.proj.",
+             "norm1.linear.": "x_block.adaLN_modulation.1.", "norm1_context.linear.": "context_block.adaLN_modulation.1.",
+             "ff.net.0.proj.": "x_block.mlp.fc1.", "ff.net.2.": "x_block.mlp.fc2.",
+             "ff_context.net.0.proj.": "context_block.mlp.fc1.", "ff_context.net.2.": "context_block.mlp.fc2.",
+             "attn.norm_q.": "x_block.attn.ln_q.", "attn.norm_k.": "x_block.attn.ln_k.",
+             "attn.norm_added_q.": "context_block.attn.ln_q.", "attn.norm_added_k.": "context_block.attn.ln_k.",
+             "attn2.norm_q.": "x_block.attn2.ln_q.", "attn2.norm_k.": "x_block.attn2.ln_k."}
+SD3_QKV = {"attn.to_": "x_block.attn.qkv.", "attn.add_": "context_block.attn.qkv.", "attn2.to_": "x_block.attn2.qkv."}
+
+
+def sd3_to_stability(transformer) -> dict:
+    """An SD3Transformer2DModel's weights in Stability's MMDiT layout (without the prefix)."""
+    state = dict(transformer.state_dict())
+    last = transformer.config.num_layers - 1
+    out = {}
+    for i in range(transformer.config.num_layers):
+        head = f"transformer_blocks.{i}."
+        for src, dst in SD3_QKV.items():
+            for kind in ("weight", "bias"):
+                names = [f"{head}{src}{p}.{kind}" for p in (("q", "k", "v") if src.endswith("to_")
+                                                            else ("q_proj", "k_proj", "v_proj"))]
+                if names[0] in state:
+                    out[f"joint_blocks.{i}.{dst}{kind}"] = torch.cat([state.pop(n) for n in names])
+        for key in [k for k in state if k.startswith(head)]:
+            rest = key[len(head):]
+            src = next(s for s in SD3_BLOCK if rest.startswith(s))
+            value = state.pop(key)
+            if i == last and src == "norm1_context.linear.":
+                value = _swap_halves(value)
+            out[f"joint_blocks.{i}.{SD3_BLOCK[src]}{rest[len(src):]}"] = value
+    out["final_layer.adaLN_modulation.1.weight"] = _swap_halves(state.pop("norm_out.linear.weight"))
+    out["final_layer.adaLN_modulation.1.bias"] = _swap_halves(state.pop("norm_out.linear.bias"))
+    for key, value in state.items():
+        src = next(s for s in SD3_RENAMES if key.startswith(s))
+        out[SD3_RENAMES[src] + key[len(src):]] = value
+    return out
+
+
+def sd3_single_file(pipe, roles=("clip_l", "clip_g", "t5xxl")) -> dict:
+    """A whole SD3 pipeline as Stability's single file, with the text encoders named in `roles`."""
+    from tools.make_tiny_model import _vae_to_ldm
+
+    state = {f"model.diffusion_model.{k}": v for k, v in sd3_to_stability(pipe.transformer).items()}
+    state.update(_vae_to_ldm(pipe.vae))
+    encoders = {"clip_l": pipe.text_encoder, "clip_g": pipe.text_encoder_2, "t5xxl": pipe.text_encoder_3}
+    for role in roles:
+        for key, value in encoders[role].state_dict().items():
+            if role == "clip_l" and key == "text_projection.weight":
+                continue   # SD3.5's CLIP-L is used unprojected: the released file has no projection
+            state[f"text_encoders.{role}.transformer.{key}"] = value
+    return {k: v.clone().contiguous() for k, v in state.items()}
+
+
+# ---------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sd3_files(models_dir: Path) -> dict[str, str]:
+    """The tiny SD3 with CLIP-L's projection an identity (as in the released model, whose files
+    carry none), as a diffusers folder and as Stability's single files."""
+    from diffusers import StableDiffusion3Pipeline
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(models_dir / "checkpoints" / "tiny-sd3", local_files_only=True)
+    with torch.no_grad():
+        pipe.text_encoder.text_projection.weight.copy_(torch.eye(pipe.text_encoder.config.hidden_size))
+    pipe.save_pretrained(models_dir / "checkpoints" / "tiny-sd3-released")
+    files = {"all": "tiny-sd3-released-all.safetensors", "clips": "tiny-sd3-released-clips.safetensors",
+             "none": "tiny-sd3-released-mmdit.safetensors"}
+    for which, roles in (("all", ("clip_l", "clip_g", "t5xxl")), ("clips", ("clip_l", "clip_g")), ("none", ())):
+        save_file(sd3_single_file(pipe, roles), str(models_dir / "checkpoints" / files[which]))
+    save_file({k: v.clone().contiguous() for k, v in pipe.text_encoder.state_dict().items()
+               if k != "text_projection.weight"},
+              str(models_dir / "text_encoders" / "tiny-sd3-released-clip_l.safetensors"))
+    return files
+
+
+def _sd3_image(ctx, model, te, vae):
+    pos, neg = encode_text(ctx, te, PROMPT), encode_text(ctx, te, "")
+    out = run_sampler(ctx, model, pos, empty_latent(vae, width=64, height=64), neg, seed=3, steps=3, cfg=4.0,
+                      scheduler="euler")
+    return vae_decode(ctx, vae, out).pixels
+
+
+@pytest.fixture
+def sd3_folder_image(ctx, sd3_files):
+    return _sd3_image(ctx, *load_checkpoint_handles(ctx, "tiny-sd3-released"))
+
+
+# ---------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------
+
+def test_stability_layout_converts_back_with_diffusers(models_dir, sd3_files):
+    """The fixture's key mapping is the inverse of diffusers' (every weight, every value)."""
+    from diffusers import SD3Transformer2DModel
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    transformer = SD3Transformer2DModel.from_pretrained(models_dir / "checkpoints" / "tiny-sd3-released",
+                                                        subfolder="transformer")
+    back = convert_sd3_transformer_checkpoint_to_diffusers(
+        {f"model.diffusion_model.{k}": v for k, v in sd3_to_stability(transformer).items()})
+    original = transformer.state_dict()
+    assert set(back) == set(original)
+    for key, value in original.items():
+        torch.testing.assert_close(back[key], value, msg=key)
+
+
+def test_sd3_single_file_with_its_text_encoders_gives_the_folder_image(ctx, sd3_files, sd3_folder_image):
+    model, te, vae = load_checkpoint_handles(ctx, sd3_files["all"], config="tiny-sd3")
+    assert model.family == "sd3" and te.roles == ["clip_l", "clip_g", "t5xxl"]
+    torch.testing.assert_close(_sd3_image(ctx, model, te, vae), sd3_folder_image, atol=1e-5, rtol=1e-5)
+
+
+def test_sd3_single_file_without_t5_pads_for_it(ctx, sd3_files):
+    """sd3_medium_incl_clips-style: CLIP-L and CLIP-G inside, no T5: zeros stand in for its tokens,
+    as with a folder that leaves T5 out."""
+    from nodes.component_loaders import load_text_encoders
+
+    _, te, _ = load_checkpoint_handles(ctx, sd3_files["clips"], config="tiny-sd3")
+    assert te.roles == ["clip_l", "clip_g"]
+    split = load_text_encoders(ctx, family="sd3", clip_l="tiny-sd3-released-clip_l.safetensors",
+                               clip_g="tiny-sd3-clip_g.safetensors", config="tiny-sd3")
+    ours, theirs = encode_text(ctx, te, PROMPT), encode_text(ctx, split, PROMPT)
+    torch.testing.assert_close(ours.embeds, theirs.embeds)
+    torch.testing.assert_close(ours.pooled, theirs.pooled)
+
+
+def test_sd3_single_file_without_text_encoders_takes_them_from_their_files(ctx, sd3_files, sd3_folder_image):
+    """sd3.5_large.safetensors-style (MMDiT and VAE only): the checkpoint's text encoder output has
+    no encoders (encoding with it names what is missing); the split files supply them."""
+    from engine.errors import NodeInputError
+    from nodes.component_loaders import load_text_encoders
+
+    model, te, vae = load_checkpoint_handles(ctx, sd3_files["none"], config="tiny-sd3")
+    assert te.roles == [] and te.encoders == []
+    with pytest.raises(NodeInputError, match="clip_l"):
+        encode_text(ctx, te, PROMPT)
+    split = load_text_encoders(ctx, family="sd3", clip_l="tiny-sd3-released-clip_l.safetensors",
+                               clip_g="tiny-sd3-clip_g.safetensors", t5xxl="tiny-sd3-t5xxl.safetensors",
+                               config="tiny-sd3")
+    torch.testing.assert_close(_sd3_image(ctx, model, split, vae), sd3_folder_image, atol=1e-5, rtol=1e-5)
+
+
+def test_a_config_without_a_t5_vocabulary_takes_the_t5_tokenizer_folder(ctx, models_dir, sd3_files, sd3_folder_image):
+    """The shipped configs carry no T5 vocabulary: T5's tokenizer comes from
+    models/text_encoders/t5-tokenizer, as for a lone T5 file."""
+    import shutil
+
+    config = models_dir / "configs" / "tiny-sd3-no-t5-vocab"
+    if not config.is_dir():
+        shutil.copytree(models_dir / "configs" / "tiny-sd3", config)
+        for path in (config / "tokenizer_3").iterdir():
+            if path.name != "tokenizer_config.json":
+                path.unlink()
+    model, te, vae = load_checkpoint_handles(ctx, sd3_files["all"], config="tiny-sd3-no-t5-vocab")
+    torch.testing.assert_close(_sd3_image(ctx, model, te, vae), sd3_folder_image, atol=1e-5, rtol=1e-5)
