@@ -90,6 +90,23 @@ def _denoiser_family(path: Path, settings: Settings):
         raise NodeInputError("name", str(exc)) from None
 
 
+def _denoiser_weights(path: Path, keys: dict, config_dir: Path):
+    """What from_single_file reads: the file itself, or its tensors renamed first when they are
+    in Black Forest Labs' FLUX layout (diffusers' own renaming assumes the released width)."""
+    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
+
+    from .families._flux_layout import bfl_to_diffusers, is_bfl_layout
+
+    if not is_bfl_layout(keys):
+        return str(path)
+    config = json.loads((config_dir / "transformer" / "config.json").read_text())
+    state = load_single_file_checkpoint(str(path), local_files_only=True)
+    try:
+        return bfl_to_diffusers(state, config["num_attention_heads"] * config["attention_head_dim"], path.name)
+    except ValueError as exc:
+        raise NodeInputError("name", str(exc)) from None
+
+
 def _family_config(ctx: Context, fam, keys: dict | None, config: str) -> Path:
     if config != "auto":
         local = CONFIGS_DIR / config
@@ -116,13 +133,11 @@ def load_denoiser(ctx: Context, name: str, config: str = "auto") -> DiffusionMod
     def load():
         if path.is_dir():
             module = cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
-        elif path.suffix == ".gguf":
-            module = cls.from_single_file(str(path), config=str(config_dir), subfolder=subfolder,
-                                          local_files_only=True, torch_dtype=dtype,
-                                          quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype))
         else:
-            module = cls.from_single_file(str(path), config=str(config_dir), subfolder=subfolder,
-                                          local_files_only=True, torch_dtype=dtype)
+            quantized = {"quantization_config": diffusers.GGUFQuantizationConfig(compute_dtype=dtype)
+                         } if path.suffix == ".gguf" else {}
+            module = cls.from_single_file(_denoiser_weights(path, keys, config_dir), config=str(config_dir),
+                                          subfolder=subfolder, local_files_only=True, torch_dtype=dtype, **quantized)
         module.eval().requires_grad_(False)
         if not ctx.settings.options.get("cpu_offload"):
             module.to(device)

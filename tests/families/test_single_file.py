@@ -5,8 +5,13 @@ The files are tiny random models converted from diffusers' layout to the release
 inverse of the key mapping in diffusers' single-file conversion): Stability's single-file
 SD3.5 checkpoints (`model.diffusion_model.joint_blocks.*`, `first_stage_model.*`,
 `text_encoders.clip_l/clip_g/t5xxl.transformer.*`) with all, some or none of the text
-encoders inside, and CLIP-L files without a projection as SD3.5's text_encoders/clip_l is.
-Each conversion is checked by converting back with diffusers' own code.
+encoders inside, CLIP-L files without a projection as SD3.5's text_encoders/clip_l is, and
+FLUX transformers in Black Forest Labs' layout (`double_blocks.*`, `single_blocks.*`, `img_in`,
+..., bare or under ComfyUI's `model.diffusion_model.`, as safetensors and GGUF) beside the
+split ae / clip_l / t5xxl files. The SD3 conversion is checked by converting back with
+diffusers' own code; Loom's FLUX renaming (nodes/families/_flux_layout.py, which diffusers'
+fixed-width one cannot replace for tiny models) is checked against diffusers' at the released
+width.
 """
 from __future__ import annotations
 
@@ -96,6 +101,42 @@ def sd3_single_file(pipe, roles=("clip_l", "clip_g", "t5xxl")) -> dict:
     return {k: v.clone().contiguous() for k, v in state.items()}
 
 
+def flux_to_bfl(state: dict) -> dict:
+    """A FluxTransformer2DModel state dict in Black Forest Labs' layout: the inverse of Loom's
+    renaming tables (checked against diffusers' renaming in a test below)."""
+    import re
+
+    from nodes.families._flux_layout import BLOCKS, SWAPPED, TOP
+
+    def reverse(table):
+        out = {}
+        for src, dst in table.items():
+            for i, part in enumerate(dst if isinstance(dst, tuple) else (dst,)):
+                out[part] = (src, i if isinstance(dst, tuple) else None)
+        return out
+
+    tables = {"": reverse(TOP), **{head: (kind, reverse(t)) for kind, (head, t) in BLOCKS.items()}}
+    out, fused = {}, {}
+    for key, value in state.items():
+        block = re.match(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.*)$", key)
+        if block:
+            kind, table = tables[block.group(1)]
+            head, rest = f"{kind}.{block.group(2)}.", block.group(3)
+        else:
+            table, head, rest = tables[""], "", key
+        dst = max((d for d in table if rest.startswith(d)), key=len)
+        src, part = table[dst]
+        name = head + src + rest[len(dst):]
+        if dst in SWAPPED:
+            value = _swap_halves(value)
+        if part is None:
+            out[name] = value
+        else:
+            fused.setdefault(name, {})[part] = value
+    out.update({name: torch.cat([parts[i] for i in sorted(parts)]) for name, parts in fused.items()})
+    return {k: v.clone().contiguous() for k, v in out.items()}
+
+
 # ---------------------------------------------------------------------------
 # fixtures
 # ---------------------------------------------------------------------------
@@ -119,6 +160,32 @@ def sd3_files(models_dir: Path) -> dict[str, str]:
                if k != "text_projection.weight"},
               str(models_dir / "text_encoders" / "tiny-sd3-released-clip_l.safetensors"))
     return files
+
+
+@pytest.fixture(scope="module")
+def flux_files(models_dir: Path) -> dict[str, str]:
+    """The tiny FLUX transformer as BFL-layout files: bare, under model.diffusion_model., and GGUF."""
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    from tools.make_tiny_model import write_gguf
+
+    transformer = FluxTransformer2DModel.from_pretrained(models_dir / "checkpoints" / "tiny-flux",
+                                                         subfolder="transformer")
+    bfl = flux_to_bfl(transformer.state_dict())
+    folder = models_dir / "diffusion_models"
+    files = {"bare": "tiny-flux1-dev.safetensors", "comfy": "tiny-flux1-dev-comfy.safetensors",
+             "gguf": "tiny-flux1-dev-Q8_0.gguf"}
+    save_file(bfl, str(folder / files["bare"]))
+    save_file({f"model.diffusion_model.{k}": v for k, v in bfl.items()}, str(folder / files["comfy"]))
+    write_gguf(bfl, folder / files["gguf"])
+    return files
+
+
+def _flux_image(ctx, model, te, vae):
+    out = run_sampler(ctx, model, encode_text(ctx, te, PROMPT), empty_latent(vae, width=64, height=64),
+                      seed=3, steps=3, cfg=1.0, scheduler="euler", guidance=3.5)
+    return vae_decode(ctx, vae, out).pixels
 
 
 def _sd3_image(ctx, model, te, vae):
@@ -201,3 +268,65 @@ def test_a_config_without_a_t5_vocabulary_takes_the_t5_tokenizer_folder(ctx, mod
                 path.unlink()
     model, te, vae = load_checkpoint_handles(ctx, sd3_files["all"], config="tiny-sd3-no-t5-vocab")
     torch.testing.assert_close(_sd3_image(ctx, model, te, vae), sd3_folder_image, atol=1e-5, rtol=1e-5)
+
+
+def test_flux_renaming_equals_diffusers_at_the_released_width():
+    """At FLUX.1's own width diffusers can rename BFL files: Loom's renaming gives the same
+    tensors. The weights are one column wide (renaming only splits and swaps rows), so the
+    released shapes cost nothing."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from nodes.families._flux_layout import bfl_to_diffusers
+    from nodes.loaders import CONFIGS_DIR
+
+    config = FluxTransformer2DModel.load_config(CONFIGS_DIR / "flux-dev" / "transformer")
+    with torch.device("meta"):
+        model = FluxTransformer2DModel.from_config({**config, "num_layers": 1, "num_single_layers": 1})
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape[0], *[1] * (v.ndim - 1), generator=g) for k, v in model.state_dict().items()}
+    bfl = flux_to_bfl(state)
+    ours = bfl_to_diffusers(dict(bfl), config["num_attention_heads"] * config["attention_head_dim"])
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
+    assert set(ours) == set(theirs) == set(state)
+    for key in state:
+        torch.testing.assert_close(ours[key], theirs[key], msg=key)
+        torch.testing.assert_close(ours[key], state[key], msg=key)
+
+
+@pytest.mark.parametrize("layout", ["bare", "comfy"])
+def test_flux_bfl_transformer_with_split_files_gives_the_folder_image(ctx, flux_files, layout):
+    """flux1-dev.safetensors (or ComfyUI's save of it) + ae + clip_l + t5xxl files, as ComfyUI users keep them."""
+    from nodes.component_loaders import load_denoiser, load_text_encoders, load_vae
+
+    folder = _flux_image(ctx, *load_checkpoint_handles(ctx, "tiny-flux"))
+    model = load_denoiser(ctx, flux_files[layout], config="tiny-flux")
+    te = load_text_encoders(ctx, family="flux", clip_l="tiny-flux-clip_l.safetensors",
+                            t5xxl="tiny-flux-t5xxl.safetensors", config="tiny-flux")
+    vae = load_vae(ctx, "tiny-flux-ae.safetensors", config="tiny-flux")
+    assert model.family == "flux"
+    torch.testing.assert_close(_flux_image(ctx, model, te, vae), folder, atol=1e-5, rtol=1e-5)
+
+
+def test_flux_bfl_gguf_loads_quantized(ctx, flux_files):
+    from nodes.component_loaders import load_denoiser
+
+    model = load_denoiser(ctx, flux_files["gguf"], config="tiny-flux")
+    assert any(type(p).__name__ == "GGUFParameter" for p in model.unet.parameters())
+    _, te, vae = handles = load_checkpoint_handles(ctx, "tiny-flux")
+    folder = _flux_image(ctx, *handles)
+    image = _flux_image(ctx, model, te, vae)
+    assert (image - folder).abs().mean() < 0.02 and image.std() > 0.01
+
+
+def test_a_foreign_key_in_a_bfl_file_is_named(ctx, models_dir, flux_files):
+    from safetensors.torch import load_file, save_file
+
+    from engine.errors import NodeInputError
+    from nodes.component_loaders import load_denoiser
+
+    state = load_file(str(models_dir / "diffusion_models" / flux_files["bare"]))
+    state["double_blocks.0.img_attn.extra.weight"] = torch.zeros(2, 2)
+    save_file(state, str(models_dir / "diffusion_models" / "tiny-flux-foreign.safetensors"))
+    with pytest.raises(NodeInputError, match="double_blocks.0.img_attn.extra.weight"):
+        load_denoiser(ctx, "tiny-flux-foreign.safetensors", config="tiny-flux")
