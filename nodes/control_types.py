@@ -32,12 +32,15 @@ class ControlHint(Image):
 
 @dataclass(eq=False)
 class ControlNet(_PortType):
-    """A loaded diffusers ControlNetModel; `identity` is its file digest + device + dtype."""
+    """A loaded diffusers ControlNet; `identity` is its file digest + device + dtype. `family` names
+    the model family whose own ControlNet architecture it is (sd3: SD3ControlNetModel, flux:
+    FluxControlNetModel); None for a UNet ControlNetModel (SD 1.x, 2.x, SDXL)."""
 
     model: Any
     identity: str
     device: str = "cpu"
     dtype: torch.dtype = field(default_factory=float32)
+    family: str | None = None
 
 
 @dataclass(eq=False)

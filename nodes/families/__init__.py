@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-__all__ = ["Family", "TextSlot", "family", "families", "detect_keys", "detect_folder", "FamilyError"]
+__all__ = ["Family", "TextSlot", "ControlNetSupport", "family", "families", "detect_keys", "detect_folder", "FamilyError"]
 
 
 class FamilyError(ValueError):
@@ -40,6 +40,33 @@ class TextSlot:
 
 
 @dataclass(frozen=True)
+class ControlNetSupport:
+    """A family's own ControlNet architecture (SD3's, FLUX's), as diffusers implements it.
+
+    model_class    the diffusers class; also the `_class_name` in the config.json of its folders
+    matches_keys   single-file keys (diffusers layout) -> is this file such a ControlNet?
+    hint           "module:function" (ctx, vae, controlnet, pixels [B, 3, H, W] in 0..1 at the
+                   sampled size) -> the hint as the ControlNet takes it (VAE latents for both)
+    residuals      "module:function" (model, controlnet, hint, scale, step) -> the keyword arguments
+                   of the family's `predict` that carry the residuals (step: a `FlowStepInfo`)
+    """
+
+    model_class: str
+    matches_keys: Callable[[dict[str, tuple]], bool]
+    hint: str
+    residuals: str
+
+    def function(self, attribute: str) -> Callable:
+        return _imported(getattr(self, attribute))
+
+
+def _imported(reference: str) -> Callable:
+    """The function a "module:function" string names, imported now."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
 class Family:
     """Everything Loom needs to know to load, encode for, sample and decode one model family.
 
@@ -56,7 +83,9 @@ class Family:
     default_scheduler  what graphs for this family name by default
     default_guidance   the distilled guidance value used when a graph gives none
     predict            "module:function" of a flow family's denoiser call: (model, latents [B, C, h, w],
-                       timestep, embeds, pooled, guidance) -> velocity [B, C, h, w]
+                       timestep, embeds, pooled, guidance, **residuals) -> velocity [B, C, h, w]
+    controlnet         the family's own ControlNet architecture; None where its ControlNets are
+                       the UNet kind (SD 1.x, 2.x, SDXL: nodes/control.py) or it has none
     linear_sigmas      whether the family's pipeline hands the scheduler linear sigmas 1 .. 1/steps
     encode             "module:function" (ctx, text_encoder, text) -> Conditioning
     sampler            "module:function": the denoising loop (same arguments as nodes.sampling.run_sampler)
@@ -91,13 +120,13 @@ class Family:
     config: str | None = None
     config_for_keys: Callable[[dict[str, tuple]], str] | None = None
     lora_loader: str = "StableDiffusionLoraLoaderMixin"
+    controlnet: ControlNetSupport | None = None
     detection_order: int = 100
     extra: dict[str, Any] = field(default_factory=dict)
 
     def function(self, attribute: str) -> Callable:
         """The function one of the "module:function" fields names, imported now."""
-        module, _, name = getattr(self, attribute).partition(":")
-        return getattr(importlib.import_module(module), name)
+        return _imported(getattr(self, attribute))
 
     def pipeline_class(self, inpainting: bool = False):
         import diffusers

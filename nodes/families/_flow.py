@@ -8,17 +8,22 @@ scaled and shifted as the VAE node leaves them, so img2img, inpainting and decod
 alike for every family. The noise rule is the UNet sampler's (nodes/sampling.py): pure
 noise for an empty or masked latent from the first step, else noise mixed into the latent
 at the first timestep run (img2img), or none for a hand-off (add_noise false).
+
+Hooks on the model (ControlNets) are called at every step with a `FlowStepInfo`, as the UNet
+sampler calls them; what they return (the ControlNets' residuals) is summed across hooks
+and handed to the family's `predict`, which knows where its denoiser takes them.
 """
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 from engine.context import Context
 from engine.errors import NodeInputError
 
 from .._common import no_grad, on_device, seeded_noise
-from ..types import Conditioning, DiffusionModel, Latent
+from ..types import Conditioning, DiffusionModel, Latent, StepInfo
 from . import Family, family
 
 # sampler names (the `sample` node's) that have a flow-matching implementation in diffusers
@@ -30,6 +35,44 @@ FLOW_SCHEDULERS = {
 # `schedule` values that map to options of the flow-matching schedulers
 FLOW_SCHEDULES = {"default": {}, "karras": {"use_karras_sigmas": True},
                   "exponential": {"use_exponential_sigmas": True}, "beta": {"use_beta_sigmas": True}}
+
+
+@dataclass
+class FlowStepInfo(StepInfo):
+    """What a hook sees at each flow-matching step: the denoiser's input rows ([negatives...,
+    positives...] under guidance, each `batch` images), their embeddings and pooled embeddings,
+    the distilled guidance value, how many leading rows are the negative pass, and the run's
+    context (for hooks that prepare inputs with other models, e.g. a hint through the VAE)."""
+
+    pooled: Any = None
+    guidance: float | None = None
+    batch: int = 1
+    negative_rows: int = 0
+    ctx: Any = None
+
+
+def per_row(tensor, rows: int, batch: int):
+    """One image's or one per image's worth of `tensor` ([1 or batch, ...]) laid out for `rows`
+    denoiser rows: repeated over the batch and the guidance groups."""
+    import torch
+
+    if tensor.shape[0] == 1:
+        return tensor.repeat(rows, *[1] * (tensor.ndim - 1))
+    if tensor.shape[0] != batch:
+        raise NodeInputError("hint", f"{tensor.shape[0]} hint images for a batch of {batch} "
+                                     "(give one for all, or one per image)")
+    return torch.cat([tensor] * (rows // batch))
+
+
+def _add_residuals(into: dict, extra: dict) -> None:
+    """Several hooks' residuals add up entry by entry, as diffusers' Multi ControlNet models sum them."""
+    for key, value in extra.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            into[key] = [a + b for a, b in zip(into[key], value)] if key in into else list(value)
+        else:
+            into[key] = into[key] + value if key in into else value
 
 
 def make_flow_scheduler(name: str, config: dict, schedule: str = "default"):
@@ -193,7 +236,12 @@ def run_flow_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning
     with on_device(ctx, transformer):
         for i, t in enumerate(timesteps):
             x = torch.cat([latents] * (n_neg + n_pos)) if do_cfg or n_pos > 1 else latents
-            pred = predict(model, x, t, embeds, pooled, guidance)
+            residuals: dict[str, Any] = {}
+            for hook in model.hooks:
+                _add_residuals(residuals, hook(model, FlowStepInfo(
+                    x, t, embeds, i, total, do_cfg, pooled=pooled, guidance=guidance, batch=batch,
+                    negative_rows=n_neg * batch, ctx=ctx)) or {})
+            pred = predict(model, x, t, embeds, pooled, guidance, **residuals)
             if do_cfg:
                 uncond, cond = _average(pred[:n_neg * batch], n_neg), _average(pred[n_neg * batch:], n_pos)
                 pred = uncond + cfg * (cond - uncond)

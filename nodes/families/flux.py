@@ -8,7 +8,7 @@ nodes need nothing special; `predict` packs them for the transformer and unpacks
 """
 from __future__ import annotations
 
-from . import Family, TextSlot, has_component
+from . import ControlNetSupport, Family, TextSlot, has_component
 
 T5_MAX_LENGTH = 512   # FluxPipeline's max_sequence_length
 
@@ -78,8 +78,9 @@ def image_ids(h: int, w: int, device, dtype):
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
-def predict(model, latents, timestep, embeds, pooled, guidance):
-    """The transformer's velocity for unpacked latents, called as FluxPipeline calls it."""
+def predict(model, latents, timestep, embeds, pooled, guidance,
+            controlnet_block_samples=None, controlnet_single_block_samples=None):
+    """The transformer's velocity for unpacked latents, called as Flux(ControlNet)Pipeline calls it."""
     import torch
 
     transformer = model.unet
@@ -90,8 +91,53 @@ def predict(model, latents, timestep, embeds, pooled, guidance):
     out = transformer(hidden_states=pack(latents), timestep=timestep.expand(b).to(latents.dtype) / 1000,
                       guidance=g, pooled_projections=pooled, encoder_hidden_states=embeds,
                       txt_ids=torch.zeros(embeds.shape[1], 3, device=latents.device, dtype=latents.dtype),
-                      img_ids=image_ids(h, w, latents.device, latents.dtype), return_dict=False)[0]
+                      img_ids=image_ids(h, w, latents.device, latents.dtype),
+                      controlnet_block_samples=controlnet_block_samples,
+                      controlnet_single_block_samples=controlnet_single_block_samples, return_dict=False)[0]
     return unpack(out, h, w)
+
+
+def _is_controlnet_keys(keys: dict[str, tuple]) -> bool:
+    """FluxControlNetModel's own layer: the projection of the packed hint latents."""
+    return "controlnet_x_embedder.weight" in keys
+
+
+def controlnet_hint(ctx, vae, controlnet, pixels):
+    """The hint's VAE latents, shifted and scaled as FluxControlNetPipeline encodes the control
+    image (left unpacked, like every latent in Loom; the residual call packs them)."""
+    from ..vae import encode_pixels
+
+    return encode_pixels(ctx, vae, pixels * 2 - 1)
+
+
+def controlnet_residuals(model, controlnet, hint, scale, step):
+    """The ControlNet's double- and single-block residuals for this step, as FluxControlNetPipeline
+    computes them: from the positive prompt, with the ControlNet's own guidance input when it has
+    one; a true-CFG negative pass reuses the positive pass's residuals, as the pipeline does."""
+    import torch
+
+    from ._flow import per_row
+
+    neg = step.negative_rows
+    x = step.sample[neg:]
+    rows, (_, _, h, w) = x.shape[0], x.shape
+    cond = pack(per_row(hint, rows, step.batch).to(device=x.device, dtype=controlnet.dtype))
+    g = None
+    if controlnet.config.guidance_embeds:
+        g = torch.full([rows], float(step.guidance), device=x.device, dtype=torch.float32)
+    embeds = step.encoder_hidden_states[neg:]
+    blocks, singles = controlnet(
+        hidden_states=pack(x).to(controlnet.dtype), controlnet_cond=cond, conditioning_scale=scale,
+        timestep=step.timestep.expand(rows).to(x.dtype) / 1000, guidance=g, pooled_projections=step.pooled[neg:],
+        encoder_hidden_states=embeds, txt_ids=torch.zeros(embeds.shape[1], 3, device=x.device, dtype=x.dtype),
+        img_ids=image_ids(h, w, x.device, x.dtype), return_dict=False)
+
+    def with_negative_rows(samples):
+        if samples is None or not neg:
+            return samples
+        return [torch.cat([s[:step.batch]] * (neg // step.batch) + [s]) for s in samples]
+    return {"controlnet_block_samples": with_negative_rows(blocks),
+            "controlnet_single_block_samples": with_negative_rows(singles)}
 
 
 FLUX = Family(
@@ -102,6 +148,8 @@ FLUX = Family(
     predict="nodes.families.flux:predict", guidance="distilled", default_guidance=3.5, linear_sigmas=True,
     default_scheduler="euler", pipeline="FluxPipeline", config="flux-dev", config_for_keys=config_for_keys,
     lora_loader="FluxLoraLoaderMixin",
+    controlnet=ControlNetSupport("FluxControlNetModel", _is_controlnet_keys, hint="nodes.families.flux:controlnet_hint",
+                                 residuals="nodes.families.flux:controlnet_residuals"),
     matches_keys=_is_flux_keys, matches_folder=_is_flux_folder,
     detection_order=10,
 )

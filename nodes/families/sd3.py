@@ -8,7 +8,7 @@ place, as diffusers does.
 """
 from __future__ import annotations
 
-from . import Family, TextSlot, has_component
+from . import ControlNetSupport, Family, TextSlot, has_component
 
 T5_MAX_LENGTH = 256   # StableDiffusion3Pipeline's max_sequence_length
 
@@ -86,10 +86,47 @@ def _missing(role: str):
     return NodeInputError("text_encoder", f"this text encoder has no {role} model, which SD3 needs")
 
 
-def predict(model, latents, timestep, embeds, pooled, guidance):
-    """The MMDiT's velocity for a batch of latents, as StableDiffusion3Pipeline calls it."""
+def predict(model, latents, timestep, embeds, pooled, guidance, block_controlnet_hidden_states=None):
+    """The MMDiT's velocity for a batch of latents, as StableDiffusion3(ControlNet)Pipeline calls it."""
     return model.unet(hidden_states=latents, timestep=timestep.expand(latents.shape[0]),
-                      encoder_hidden_states=embeds, pooled_projections=pooled, return_dict=False)[0]
+                      encoder_hidden_states=embeds, pooled_projections=pooled,
+                      block_controlnet_hidden_states=block_controlnet_hidden_states, return_dict=False)[0]
+
+
+def _is_controlnet_keys(keys: dict[str, tuple]) -> bool:
+    """SD3ControlNetModel's own layer: the patch embedding of the hint latents."""
+    return "pos_embed_input.proj.weight" in keys
+
+
+def controlnet_hint(ctx, vae, controlnet, pixels):
+    """The hint's VAE latents, as StableDiffusion3ControlNetPipeline encodes the control image:
+    shifted and scaled, except for ControlNets made without the shift (InstantX's, which also
+    take zeros for the pooled projection: `force_zeros_for_pooled_projection`)."""
+    from ..vae import encode_pixels
+
+    latents = encode_pixels(ctx, vae, pixels * 2 - 1)
+    if controlnet.config.force_zeros_for_pooled_projection:
+        latents = latents + (vae.shift_factor or 0.0) * vae.scaling_factor
+    return latents
+
+
+def controlnet_residuals(model, controlnet, hint, scale, step):
+    """The ControlNet's block residuals for this step, computed as StableDiffusion3ControlNetPipeline
+    does: on every row of the guidance batch with that row's embeddings. ControlNets without a
+    patch embedding of their own (SD3.5 Large's) read the latents through the transformer's."""
+    import torch
+
+    from ._flow import per_row
+
+    x, rows = step.sample, step.sample.shape[0]
+    cond = per_row(hint, rows, step.batch).to(device=x.device, dtype=controlnet.dtype)
+    hidden = x if controlnet.pos_embed is not None else model.unet.pos_embed(x)
+    pooled = torch.zeros_like(step.pooled) if controlnet.config.force_zeros_for_pooled_projection else step.pooled
+    embeds = step.encoder_hidden_states if controlnet.config.joint_attention_dim is not None else None
+    blocks = controlnet(hidden_states=hidden.to(controlnet.dtype), controlnet_cond=cond, conditioning_scale=scale,
+                        encoder_hidden_states=embeds, pooled_projections=pooled,
+                        timestep=step.timestep.expand(rows), return_dict=False)[0]
+    return {"block_controlnet_hidden_states": list(blocks)}
 
 
 SD3 = Family(
@@ -101,6 +138,8 @@ SD3 = Family(
     predict="nodes.families.sd3:predict", default_scheduler="euler",
     pipeline="StableDiffusion3Pipeline", config="sd35-large", config_for_keys=config_for_keys,
     lora_loader="SD3LoraLoaderMixin",
+    controlnet=ControlNetSupport("SD3ControlNetModel", _is_controlnet_keys, hint="nodes.families.sd3:controlnet_hint",
+                                 residuals="nodes.families.sd3:controlnet_residuals"),
     matches_keys=_is_sd3_keys,
     matches_folder=lambda index, folder: (str(index.get("_class_name", "")).startswith("StableDiffusion3")
                                           or (has_component(index, "transformer") and "text_encoder_3" in index)),

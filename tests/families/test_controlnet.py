@@ -1,0 +1,282 @@
+"""ControlNets for SD3.5 and FLUX through Loom's ControlNet nodes give what diffusers'
+StableDiffusion3ControlNetPipeline and FluxControlNetPipeline give for the same components,
+prompts, hints and noise: strength, [start, end) windows, several ControlNets summed, guidance
+batches; the loader tells the three kinds apart and a ControlNet of another family is refused.
+
+The pipelines sample the hint's VAE latents from the posterior with the run's generator; Loom
+takes the posterior's mode (deterministic, as its VAE encode node does), so the pipelines are
+pinned to the mode here (`vae_mode`). Real VAEs' posteriors are narrow: the two barely differ.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import NodeInputError
+from nodes.control import apply_controlnet, controlnet_family, load_controlnet
+from nodes.latent import empty_latent
+from nodes.loaders import load_checkpoint_handles
+from nodes.sampling import run_sampler
+from nodes.text import encode_text
+from nodes.types import Image
+from nodes.vae import vae_decode
+
+PROMPT = "a red circle on a blue background"
+NEGATIVE = "a green square"
+
+
+def _randomise_zero_layers(net, seed: int):
+    """A fresh ControlNet's output layers are zero (no effect until trained): give them weights."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return net.eval()
+
+
+def _sd3_controlnet(seed: int, **config):
+    """Shaped for make_sd3_pipeline's transformer; by default InstantX's kind (own patch embedding,
+    text attention, zero pooled projection, unshifted hint latents)."""
+    from diffusers import SD3ControlNetModel
+
+    torch.manual_seed(seed)
+    base = dict(sample_size=16, patch_size=2, in_channels=16, num_layers=1, attention_head_dim=8,
+                num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+                out_channels=16, pos_embed_max_size=16)
+    return _randomise_zero_layers(SD3ControlNetModel(**{**base, **config}), seed)
+
+
+def _flux_controlnet(seed: int):
+    """Shaped for make_flux_pipeline's transformer, with its own guidance embedding."""
+    from diffusers import FluxControlNetModel
+
+    torch.manual_seed(seed)
+    net = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                              num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32,
+                              guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    return _randomise_zero_layers(net, seed)
+
+
+@pytest.fixture(scope="session")
+def controlnets(models_dir):
+    """models/controlnet: SD3 and FLUX ControlNets as diffusers folders, one SD3.5-Large-kind SD3
+    ControlNet (reads latents through the transformer's patch embedding, no text attention), a
+    FLUX one as a single file with its config beside it, and a UNet ControlNet."""
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+
+    folder = models_dir / "controlnet"
+    _sd3_controlnet(1).save_pretrained(folder / "tiny-sd3-cn")
+    _sd3_controlnet(2).save_pretrained(folder / "tiny-sd3-cn-2")
+    _sd3_controlnet(3, use_pos_embed=False, joint_attention_dim=None, pos_embed_type=None,
+                    force_zeros_for_pooled_projection=False).save_pretrained(folder / "tiny-sd35-large-cn")
+    flux = _flux_controlnet(4)
+    flux.save_pretrained(folder / "tiny-flux-cn")
+    _flux_controlnet(5).save_pretrained(folder / "tiny-flux-cn-2")
+    save_file(flux.state_dict(), str(folder / "tiny-flux-cn-single.safetensors"))
+    (folder / "tiny-flux-cn-single.json").write_text(json.dumps({k: v for k, v in flux.config.items()
+                                                                 if not k.startswith("_")}))
+    torch.manual_seed(6)
+    ControlNetModel(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                    cross_attention_dim=32, layers_per_block=1, norm_num_groups=8,
+                    conditioning_embedding_out_channels=(8, 16)).save_pretrained(folder / "tiny-unet-cn")
+    return folder
+
+
+@pytest.fixture
+def vae_mode(monkeypatch):
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+
+
+def _hint(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(1, 64, 64, 3, generator=g) > 0.7).float()
+
+
+def _pil(hint: torch.Tensor):
+    from PIL import Image as PILImage
+
+    return PILImage.fromarray((hint[0].numpy() * 255).astype(np.uint8))
+
+
+def _generators(seed):
+    return [torch.Generator("cpu").manual_seed(seed)]
+
+
+def _ours(ctx, checkpoint, nets, seed, steps, cfg, negative=None, guidance=None):
+    """nets: (name, hint, strength, start, end) per ControlNet, chained."""
+    model, te, vae = load_checkpoint_handles(ctx, checkpoint)
+    for name, hint, strength, start, end in nets:
+        model = apply_controlnet(model, load_controlnet(ctx, name), Image(hint), strength, start, end, vae=vae)
+    neg = encode_text(ctx, te, negative) if negative is not None else None
+    kwargs = {"guidance": guidance} if guidance is not None else {}
+    out = run_sampler(ctx, model, encode_text(ctx, te, PROMPT), empty_latent(vae, width=64, height=64), neg,
+                      seed=seed, steps=steps, cfg=cfg, scheduler="euler", **kwargs)
+    return vae_decode(ctx, vae, out).pixels
+
+
+def _control_args(ctx, nets):
+    """The pipelines' ControlNet arguments for the same nets (lists and a Multi model for several)."""
+    modules = [load_controlnet(ctx, name).model for name, *_ in nets]
+    columns = list(zip(*[(_pil(hint), *rest) for _, hint, *rest in nets]))
+    values = [column[0] if len(nets) == 1 else list(column) for column in columns]
+    names = ("control_image", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")
+    return modules, dict(zip(names, values))
+
+
+def _sd3_pipeline(ctx, nets, seed, steps, cfg):
+    from diffusers import (FlowMatchEulerDiscreteScheduler, SD3MultiControlNetModel,
+                           StableDiffusion3ControlNetPipeline)
+
+    model, te, vae = load_checkpoint_handles(ctx, "tiny-sd3")
+    modules, args = _control_args(ctx, nets)
+    parts = dict(zip(("text_encoder", "text_encoder_2", "text_encoder_3"), te.encoders))
+    parts.update(zip(("tokenizer", "tokenizer_2", "tokenizer_3"), te.tokenizers))
+    pipe = StableDiffusion3ControlNetPipeline(
+        transformer=model.unet, vae=vae.vae, scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
+        controlnet=modules[0] if len(modules) == 1 else SD3MultiControlNetModel(modules), **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(PROMPT, negative_prompt=NEGATIVE, height=64, width=64, num_inference_steps=steps, guidance_scale=cfg,
+                generator=_generators(seed), output_type="pt", **args).images.permute(0, 2, 3, 1)
+
+
+def _flux_pipeline(ctx, nets, seed, steps, guidance, negative=None, true_cfg=1.0):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlNetPipeline, FluxMultiControlNetModel
+
+    model, te, vae = load_checkpoint_handles(ctx, "tiny-flux")
+    modules, args = _control_args(ctx, nets)
+    pipe = FluxControlNetPipeline(
+        transformer=model.unet, vae=vae.vae, scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
+        text_encoder=te.encoders[0], tokenizer=te.tokenizers[0], text_encoder_2=te.encoders[1],
+        tokenizer_2=te.tokenizers[1],
+        controlnet=modules[0] if len(modules) == 1 else FluxMultiControlNetModel(modules))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(PROMPT, negative_prompt=negative, true_cfg_scale=true_cfg, height=64, width=64,
+                num_inference_steps=steps, guidance_scale=guidance, generator=_generators(seed), output_type="pt",
+                **args).images.permute(0, 2, 3, 1)
+
+
+def test_sd3_controlnet_matches_the_pipeline(ctx, controlnets, vae_mode):
+    nets = [("tiny-sd3-cn", _hint(0), 0.7, 0.0, 1.0)]
+    ours = _ours(ctx, "tiny-sd3", nets, seed=7, steps=4, cfg=4.5, negative=NEGATIVE)
+    plain = _ours(ctx, "tiny-sd3", [], seed=7, steps=4, cfg=4.5, negative=NEGATIVE)
+    theirs = _sd3_pipeline(ctx, nets, seed=7, steps=4, cfg=4.5)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert (ours - plain).abs().max() > 1e-3          # the ControlNet steers the result
+
+
+def test_two_sd3_controlnets_with_windows_match_the_multi_pipeline(ctx, controlnets, vae_mode):
+    nets = [("tiny-sd3-cn", _hint(1), 1.0, 0.0, 0.5), ("tiny-sd3-cn-2", _hint(2), 0.6, 0.25, 1.0)]
+    ours = _ours(ctx, "tiny-sd3", nets, seed=3, steps=4, cfg=4.0, negative=NEGATIVE)
+    torch.testing.assert_close(ours, _sd3_pipeline(ctx, nets, seed=3, steps=4, cfg=4.0), atol=1e-4, rtol=1e-4)
+
+
+def test_sd35_large_kind_controlnet_matches_the_pipeline(ctx, controlnets, vae_mode):
+    """No patch embedding of its own (the transformer's is used), no text attention, the pooled
+    projection and the shifted hint latents as they are."""
+    nets = [("tiny-sd35-large-cn", _hint(3), 0.8, 0.25, 0.75)]
+    ours = _ours(ctx, "tiny-sd3", nets, seed=5, steps=4, cfg=4.0, negative=NEGATIVE)
+    plain = _ours(ctx, "tiny-sd3", [], seed=5, steps=4, cfg=4.0, negative=NEGATIVE)
+    theirs = _sd3_pipeline(ctx, nets, seed=5, steps=4, cfg=4.0)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert (ours - plain).abs().max() > 1e-3
+
+
+def test_flux_controlnet_matches_the_pipeline(ctx, controlnets, vae_mode):
+    nets = [("tiny-flux-cn", _hint(4), 0.8, 0.0, 1.0)]
+    ours = _ours(ctx, "tiny-flux", nets, seed=2, steps=4, cfg=1.0, guidance=3.5)
+    plain = _ours(ctx, "tiny-flux", [], seed=2, steps=4, cfg=1.0, guidance=3.5)
+    torch.testing.assert_close(ours, _flux_pipeline(ctx, nets, seed=2, steps=4, guidance=3.5), atol=1e-4, rtol=1e-4)
+    assert (ours - plain).abs().max() > 1e-3
+
+
+def test_two_flux_controlnets_with_windows_match_the_multi_pipeline(ctx, controlnets, vae_mode):
+    nets = [("tiny-flux-cn", _hint(5), 1.0, 0.0, 0.5), ("tiny-flux-cn-2", _hint(6), 0.5, 0.25, 1.0)]
+    ours = _ours(ctx, "tiny-flux", nets, seed=4, steps=4, cfg=1.0, guidance=4.0)
+    torch.testing.assert_close(ours, _flux_pipeline(ctx, nets, seed=4, steps=4, guidance=4.0), atol=1e-4, rtol=1e-4)
+
+
+def test_flux_controlnet_with_true_cfg_matches_the_pipeline(ctx, controlnets, vae_mode):
+    """The negative pass reuses the positive prompt's residuals, as FluxControlNetPipeline does."""
+    nets = [("tiny-flux-cn", _hint(7), 0.9, 0.0, 0.75)]
+    ours = _ours(ctx, "tiny-flux", nets, seed=6, steps=4, cfg=2.5, negative=NEGATIVE, guidance=3.5)
+    theirs = _flux_pipeline(ctx, nets, seed=6, steps=4, guidance=3.5, negative=NEGATIVE, true_cfg=2.5)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_loader_tells_the_kinds_apart(ctx, controlnets):
+    from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
+
+    kinds = {name: load_controlnet(ctx, name) for name in ("tiny-sd3-cn", "tiny-sd35-large-cn", "tiny-flux-cn",
+                                                           "tiny-flux-cn-single.safetensors", "tiny-unet-cn")}
+    assert [(c.family, type(c.model)) for c in kinds.values()] == [
+        ("sd3", SD3ControlNetModel), ("sd3", SD3ControlNetModel), ("flux", FluxControlNetModel),
+        ("flux", FluxControlNetModel), (None, ControlNetModel)]
+    a, b = kinds["tiny-flux-cn"].model.state_dict(), kinds["tiny-flux-cn-single.safetensors"].model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@settings(max_examples=40, deadline=None)
+@given(marker=st.sampled_from(["pos_embed_input.proj.weight", "controlnet_x_embedder.weight",
+                               "controlnet_cond_embedding.conv_in.weight"]),
+       others=st.lists(st.sampled_from(["transformer_blocks.0.attn.to_q.weight", "controlnet_blocks.0.weight",
+                                        "time_text_embed.text_embedder.linear_1.weight", "x_embedder.weight",
+                                        "context_embedder.weight", "pos_embed.proj.weight", "down_blocks.0.weight"]),
+                       max_size=5),
+       declared=st.sampled_from([None, "SD3ControlNetModel", "FluxControlNetModel", "ControlNetModel"]))
+def test_kind_follows_the_declared_class_else_the_marker_key(marker, others, declared):
+    keys = {k: (1,) for k in [*others, marker]}
+    config = {"_class_name": declared} if declared else {}
+    by_class = {"SD3ControlNetModel": "sd3", "FluxControlNetModel": "flux", "ControlNetModel": None}
+    by_key = {"pos_embed_input.proj.weight": "sd3", "controlnet_x_embedder.weight": "flux"}
+    assert controlnet_family(config, keys) == (by_class[declared] if declared else by_key.get(marker))
+
+
+def test_a_controlnet_of_another_family_is_refused_naming_the_input(ctx, controlnets):
+    model, _, vae = load_checkpoint_handles(ctx, "tiny-flux")
+    hint = Image(_hint(0))
+    for name in ("tiny-sd3-cn", "tiny-unet-cn"):
+        with pytest.raises(NodeInputError) as err:
+            apply_controlnet(model, load_controlnet(ctx, name), hint, vae=vae)
+        assert err.value.input == "controlnet" and "FLUX.1" in str(err.value)
+    with pytest.raises(NodeInputError) as err:
+        apply_controlnet(model, load_controlnet(ctx, "tiny-flux-cn"), hint)
+    assert err.value.input == "vae"
+    sd3, _, sd3_vae = load_checkpoint_handles(ctx, "tiny-sd3")
+    with pytest.raises(NodeInputError) as err:
+        apply_controlnet(sd3, load_controlnet(ctx, "tiny-flux-cn"), hint, vae=sd3_vae)
+    assert err.value.input == "controlnet" and "Stable Diffusion 3.5" in str(err.value)
+
+
+def _graph(strength: float):
+    from engine import Graph
+
+    return Graph.from_dict({"loom": 1, "nodes": {
+        "ckpt": {"type": "load_checkpoint", "inputs": {"name": "tiny-flux"}},
+        "cn": {"type": "load_controlnet", "inputs": {"name": "tiny-flux-cn"}},
+        "hint": {"type": "draw_shape", "inputs": {"shape": "square", "colour": "white", "background": "black"}},
+        "pos": {"type": "encode_text", "inputs": {"text_encoder": ["ckpt", "text_encoder"], "text": PROMPT}},
+        "latent": {"type": "empty_latent", "inputs": {"vae": ["ckpt", "vae"], "width": 64, "height": 64}},
+        "apply": {"type": "apply_controlnet", "inputs": {"model": ["ckpt", "model"], "controlnet": ["cn", "control_net"],
+                                                         "hint": ["hint", "image"], "vae": ["ckpt", "vae"],
+                                                         "strength": strength}},
+        "sampler": {"type": "sample", "inputs": {"model": ["apply", "diffusion_model"], "positive": ["pos", "conditioning"],
+                                                 "latent": ["latent", "latent"], "steps": 2, "cfg": 1.0,
+                                                 "scheduler": "euler", "guidance": 3.5}},
+        "decode": {"type": "vae_decode", "inputs": {"vae": ["ckpt", "vae"], "latent": ["sampler", "latent"]}},
+        "save": {"type": "save_image", "inputs": {"images": ["decode", "image"], "prefix": "flux_cn"}}}})
+
+
+def test_a_strength_edit_reruns_only_the_apply_node_and_below(executor, controlnets):
+    executor.run(_graph(1.0)).raise_for_status()
+    result = executor.run(_graph(0.5)).raise_for_status()
+    assert set(result.ran) == {"apply", "sampler", "decode", "save"}
+    assert {"ckpt", "cn", "hint", "pos", "latent"} <= set(result.cached)
