@@ -255,6 +255,24 @@ def test_sd3_single_file_without_text_encoders_takes_them_from_their_files(ctx, 
     torch.testing.assert_close(_sd3_image(ctx, model, split, vae), sd3_folder_image, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float8_e4m3fn])
+def test_sd3_single_file_with_a_narrow_t5_is_upcast(ctx, models_dir, sd3_files, dtype):
+    """sd3_medium_incl_clips_t5xxlfp8-style: T5 inside in fp16 or fp8 loads upcast to the run's dtype."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(models_dir / "checkpoints" / sd3_files["all"]))
+    narrow = {k: v.to(dtype) if k.startswith("text_encoders.t5xxl.") and v.ndim == 2 else v for k, v in state.items()}
+    name = f"tiny-sd3-released-t5{str(dtype).removeprefix('torch.')}.safetensors"
+    save_file(narrow, str(models_dir / "checkpoints" / name))
+    _, te, _ = load_checkpoint_handles(ctx, name, config="tiny-sd3")
+    t5 = te.encoders[te.roles.index("t5xxl")]
+    weight = t5.encoder.block[0].layer[0].SelfAttention.q.weight
+    assert weight.dtype == torch.float32
+    torch.testing.assert_close(weight, narrow["text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"]
+                               .float())
+    assert encode_text(ctx, te, PROMPT).embeds.isfinite().all()
+
+
 def test_a_config_without_a_t5_vocabulary_takes_the_t5_tokenizer_folder(ctx, models_dir, sd3_files, sd3_folder_image):
     """The shipped configs carry no T5 vocabulary: T5's tokenizer comes from
     models/text_encoders/t5-tokenizer, as for a lone T5 file."""
