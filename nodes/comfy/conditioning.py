@@ -78,8 +78,8 @@ def controlnet_apply_advanced(positive: Conditioning, negative: Conditioning, co
                               image: Image, strength: Strength = 1.0, start_percent: Percent = 0.0,
                               end_percent: Percent = 1.0, vae: Vae | None = None) -> ControlNetAdvancedOutputs:
     """Attach a ControlNet to both conditionings, active from start_percent to end_percent of
-    the schedule. `vae` is for ControlNets that take latents, which Loom does not load."""
+    the schedule. `vae` encodes the hint for ControlNets that take latents (SD3.5, FLUX)."""
     if strength == 0:
         return ControlNetAdvancedOutputs(positive, negative)
-    control = Control(control_net, image, strength, start_percent, end_percent)
+    control = Control(control_net, image, strength, start_percent, end_percent, vae)
     return ControlNetAdvancedOutputs(with_control(positive, control), with_control(negative, control))

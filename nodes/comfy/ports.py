@@ -57,6 +57,7 @@ class Control:
     strength: float
     start: float
     end: float
+    vae: Any = None      # encodes the hint for SD3 / FLUX ControlNets
 
 
 @dataclass
@@ -95,7 +96,7 @@ def model_with_controls(model: DiffusionModel, positive: Conditioning | None,
             continue
         seen.append(control)
         model = apply_controlnet(model, control.controlnet, control.hint, control.strength,
-                                 control.start, control.end)
+                                 control.start, control.end, vae=control.vae)
         guides_positive = any(control is c for c in on_positive)
         guides_negative = any(control is c for c in on_negative)
         if not (guides_positive and guides_negative):

@@ -32,8 +32,10 @@ FLOW_SCHEDULERS = {
     "heun": ("FlowMatchHeunDiscreteScheduler", {}),
     "lcm": ("FlowMatchLCMScheduler", {}),
 }
-# `schedule` values that map to options of the flow-matching schedulers
-FLOW_SCHEDULES = {"default": {}, "karras": {"use_karras_sigmas": True},
+# `schedule` values that map to options of the flow-matching schedulers; "simple" and "sgm_uniform"
+# (ComfyUI's defaults for these models) space the steps evenly over the shifted schedule, as the
+# pipelines' own default does
+FLOW_SCHEDULES = {"default": {}, "simple": {}, "sgm_uniform": {}, "karras": {"use_karras_sigmas": True},
                   "exponential": {"use_exponential_sigmas": True}, "beta": {"use_beta_sigmas": True}}
 
 

@@ -280,3 +280,24 @@ def test_a_strength_edit_reruns_only_the_apply_node_and_below(executor, controln
     result = executor.run(_graph(0.5)).raise_for_status()
     assert set(result.ran) == {"apply", "sampler", "decode", "save"}
     assert {"ckpt", "cn", "hint", "pos", "latent"} <= set(result.cached)
+
+
+def test_comfy_controlnet_nodes_guide_flux_as_loom_s_do(ctx, controlnets):
+    """ControlNetLoader + ControlNetApplyAdvanced (with its vae) + KSampler on the default
+    "simple" schedule give Loom's apply_controlnet + sample result."""
+    from nodes.comfy.conditioning import controlnet_apply_advanced
+    from nodes.comfy.latent_image import ksampler
+    from nodes.comfy.loaders import controlnet_loader
+
+    model, te, vae = load_checkpoint_handles(ctx, "tiny-flux")
+    pos, neg, hint = encode_text(ctx, te, PROMPT), encode_text(ctx, te, ""), Image(_hint(8))
+    positive, negative = controlnet_apply_advanced(pos, neg, controlnet_loader(ctx, "tiny-flux-cn"), hint,
+                                                   strength=0.7, start_percent=0.0, end_percent=0.5, vae=vae)
+    latent = empty_latent(vae, width=64, height=64)
+    comfy = ksampler(ctx, model, seed=9, steps=4, cfg=1.0, sampler_name="euler", scheduler="simple",
+                     positive=positive, negative=negative, latent_image=latent)
+    patched = apply_controlnet(model, load_controlnet(ctx, "tiny-flux-cn"), hint, 0.7, 0.0, 0.5, vae=vae)
+    loom = run_sampler(ctx, patched, pos, latent, neg, seed=9, steps=4, cfg=1.0, scheduler="euler")
+    plain = run_sampler(ctx, model, pos, latent, neg, seed=9, steps=4, cfg=1.0, scheduler="euler")
+    torch.testing.assert_close(comfy.samples, loom.samples)
+    assert (loom.samples - plain.samples).abs().max() > 1e-3
