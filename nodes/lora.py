@@ -30,8 +30,10 @@ def _adapter_name(spec: LoraSpec) -> str:
     return "lora_" + spec.digest[:16]
 
 
-def _state_dict(spec: LoraSpec, family: str) -> tuple[dict, Any]:
-    """The LoRA in diffusers' key layout (kohya / A1111 files are converted by diffusers)."""
+def _state_dict(spec: LoraSpec, family: str) -> tuple[dict, Any, dict | None]:
+    """(state dict in diffusers' key layout, network alphas, adapter metadata) of a LoRA file:
+    kohya / A1111 files are converted by the family's diffusers loader, which also returns the
+    alphas they carry; files saved by diffusers record lora_alpha and the rank in metadata."""
     import inspect
 
     import diffusers.loaders
@@ -40,15 +42,15 @@ def _state_dict(spec: LoraSpec, family: str) -> tuple[dict, Any]:
 
     loader = getattr(diffusers.loaders, family_of(family).lora_loader)
     if "return_alphas" in inspect.signature(loader.lora_state_dict).parameters:   # FLUX's loader
-        return loader.lora_state_dict(spec.path, return_alphas=True)
-    out = loader.lora_state_dict(spec.path)
-    return out if isinstance(out, tuple) else (out, None)                       # SD3's: no alphas
+        return loader.lora_state_dict(spec.path, return_alphas=True, return_lora_metadata=True)
+    out = loader.lora_state_dict(spec.path, return_lora_metadata=True)
+    return out if len(out) == 3 else (out[0], None, out[1])                      # SD3's: no alphas
 
 
 def check_lora(ctx: Context, spec: LoraSpec, family: str = "sd1") -> None:
     """Fail early (naming the input) when the file is not a LoRA diffusers can read for the family."""
     try:
-        state, _ = _state_dict(spec, family)
+        state, _, _ = _state_dict(spec, family)
     except Exception as exc:  # noqa: BLE001 - any unreadable file
         raise NodeInputError("name", f"{spec.name} is not a LoRA file diffusers can read: {exc}") from None
     if not any(k.startswith(("unet.", "transformer.", *[p + "." for p in _TE_PREFIXES])) for k in state):
@@ -73,7 +75,8 @@ def _retire_idle(module: Any, active: list[str], delete) -> None:
         del loaded[name]
 
 
-def _load_into_denoiser(family_name: str, state: dict, alphas: Any, denoiser: Any, name: str) -> None:
+def _load_into_denoiser(family_name: str, state: dict, alphas: Any, metadata: dict | None, denoiser: Any,
+                        name: str) -> None:
     """One LoRA's denoiser weights into the shared UNet or transformer as a peft adapter."""
     import inspect
 
@@ -84,12 +87,12 @@ def _load_into_denoiser(family_name: str, state: dict, alphas: Any, denoiser: An
     fam = family(family_name)
     if fam.denoiser[0] == "unet":
         diffusers.loaders.StableDiffusionLoraLoaderMixin.load_lora_into_unet(
-            state, alphas, unet=denoiser, adapter_name=name)
+            state, alphas, unet=denoiser, adapter_name=name, metadata=metadata)
         return
     loader = getattr(diffusers.loaders, fam.lora_loader)
     extra = {"network_alphas": alphas} if "network_alphas" in inspect.signature(
         loader.load_lora_into_transformer).parameters else {}
-    loader.load_lora_into_transformer(state, transformer=denoiser, adapter_name=name, **extra)
+    loader.load_lora_into_transformer(state, transformer=denoiser, adapter_name=name, metadata=metadata, **extra)
 
 
 def activate_unet(model: DiffusionModel) -> None:
@@ -103,11 +106,11 @@ def activate_unet(model: DiffusionModel) -> None:
         for spec in active:
             name = _adapter_name(spec)
             if name not in _loaded(unet):
-                state, alphas = _state_dict(spec, model.family)
+                state, alphas, metadata = _state_dict(spec, model.family)
                 unet_state = {k: v for k, v in state.items() if k.startswith(prefix)}
                 if not unet_state:
                     continue
-                _load_into_denoiser(model.family, unet_state, alphas, unet, name)
+                _load_into_denoiser(model.family, unet_state, alphas, metadata, unet, name)
                 _loaded(unet)[name] = None
         names = [_adapter_name(s) for s in active if _adapter_name(s) in _loaded(unet)]
         _retire_idle(unet, names, unet.delete_adapters)
@@ -129,17 +132,20 @@ def activate_text_encoders(te: TextEncoder) -> None:
         active = [s for s in te.loras if s.strength_clip != 0]
         from .families import family
 
-        prefixes = [slot.encoder for slot in family(te.family).text]
+        slots = family(te.family).text
+        # each encoder's LoRA prefix is its diffusers subfolder, found by role: an encoder may be missing
+        prefixes = ([next(s.encoder for s in slots if s.role == role) for role in te.roles] if te.roles
+                    else [slot.encoder for slot in slots])
         for prefix, encoder in zip(prefixes, te.encoders):
             for spec in active:
                 name = _adapter_name(spec)
                 if name in _loaded(encoder):
                     continue
-                state, alphas = _state_dict(spec, te.family)
+                state, alphas, metadata = _state_dict(spec, te.family)
                 if not any(k.startswith(prefix + ".") for k in state):
                     continue
                 StableDiffusionLoraLoaderMixin.load_lora_into_text_encoder(
-                    state, alphas, encoder, prefix=prefix, adapter_name=name)
+                    state, alphas, encoder, prefix=prefix, adapter_name=name, metadata=metadata)
                 _loaded(encoder)[name] = None
             usable = [s for s in active if _adapter_name(s) in _loaded(encoder)]
             _retire_idle(encoder, [_adapter_name(s) for s in usable],
