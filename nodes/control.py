@@ -122,13 +122,14 @@ class ControlNetHook:
     """The hook one apply_controlnet node adds: residuals of one ControlNet for one hint."""
 
     def __init__(self, controlnet: ControlNet, hint: torch.Tensor, strength: float,
-                 start: float, end: float, vae: Vae | None = None):
+                 start: float, end: float, vae: Vae | None = None, mode: int | None = None):
         self.controlnet = controlnet
         self.hint = hint            # [B, 3, H, W] in 0..1, CPU
         self.strength = strength
         self.start = start
         self.end = end
         self.vae = vae              # encodes the hint for a family's own ControlNet
+        self.mode = mode            # a union ControlNet's control type
         self._encoded: dict[tuple[int, int], torch.Tensor] = {}
 
     def active(self, step: StepInfo) -> bool:
@@ -164,7 +165,8 @@ class ControlNetHook:
         if size not in self._encoded:
             self._encoded[size] = support.function("hint")(step.ctx, self.vae, self.controlnet.model,
                                                            self.pixels_at(model, step))
-        return support.function("residuals")(model, self.controlnet.model, self._encoded[size], self.strength, step)
+        return support.function("residuals")(model, self.controlnet.model, self._encoded[size], self.strength,
+                                              self.mode, step)
 
     def __call__(self, model: DiffusionModel, step: StepInfo) -> dict:
         if self.strength == 0 or not self.active(step):
@@ -189,14 +191,20 @@ def _kind(name: str | None) -> str:
     return f"a {family(name).label} ControlNet" if name else "a UNet ControlNet (SD 1.x / 2.x / SDXL)"
 
 
-def check_fits(model: DiffusionModel, controlnet: ControlNet, vae: Vae | None) -> None:
-    """A NodeInputError naming the input when this ControlNet (or VAE) cannot guide this model."""
+def check_fits(model: DiffusionModel, controlnet: ControlNet, vae: Vae | None, mode: int) -> None:
+    """A NodeInputError naming the input when this ControlNet (or VAE, or mode) cannot guide this model."""
     fam = family(model.family)
     expected = fam.name if fam.controlnet is not None else None
     if controlnet.family != expected:
         raise NodeInputError("controlnet", f"this is {_kind(controlnet.family)}; the model is {fam.label}, "
                                            f"which takes {_kind(expected)}")
     net = controlnet.model
+    modes = getattr(net.config, "num_mode", None)
+    if modes is None and mode >= 0:
+        raise NodeInputError("mode", "this ControlNet has a single control type: leave mode at -1")
+    if modes is not None and not 0 <= mode < modes:
+        raise NodeInputError("mode", f"this union ControlNet needs its control type: a mode from 0 to {modes - 1} "
+                                     "(its model card lists them)")
     if expected is None:
         cross = getattr(net.config, "cross_attention_dim", None)
         unet_cross = getattr(model.unet.config, "cross_attention_dim", None)
@@ -208,9 +216,8 @@ def check_fits(model: DiffusionModel, controlnet: ControlNet, vae: Vae | None) -
         raise NodeInputError("controlnet", f"this ControlNet was made for a {fam.label} transformer of width "
                                            f"{net.inner_dim}, the model's is {model.unet.inner_dim} "
                                            "(another size of the family?)")
-    if getattr(net, "union", False) or getattr(net, "input_hint_block", None) is not None:
-        raise NodeInputError("controlnet", "union and XLabs-style FLUX ControlNets (a control mode, or a pixel "
-                                           "hint block) are not supported; use one that takes VAE latents")
+    if not fam.controlnet.takes_latents(net):
+        return
     if vae is None:
         raise NodeInputError("vae", f"{_kind(expected)} takes its hint as VAE latents: connect the model's VAE")
     if vae.latent_channels != fam.latent_channels:
@@ -221,13 +228,17 @@ def check_fits(model: DiffusionModel, controlnet: ControlNet, vae: Vae | None) -
 @node("apply_controlnet", category="control", version=1)
 def apply_controlnet(model: DiffusionModel, controlnet: ControlNet, hint: Image,
                      strength: Annotated[float, Field(ge=0, le=10)] = 1.0,
-                     start: Fraction = 0.0, end: Fraction = 1.0, vae: Vae | None = None) -> DiffusionModel:
+                     start: Fraction = 0.0, end: Fraction = 1.0, vae: Vae | None = None,
+                     mode: Annotated[int, Field(ge=-1, le=63, description="control type of a union ControlNet, "
+                                                "numbered as its model card lists them; -1 for others")] = -1
+                     ) -> DiffusionModel:
     """Patch the model with a ControlNet guided by `hint` (an edge map, depth map, pose ...,
     0..1 pixels; resized to the sampled size) at `strength`, active from `start` to `end`
     (fractions of the schedule). Chain several for multi-ControlNet. SD3 and FLUX ControlNets
     take the hint through the model's VAE: connect it to `vae`."""
     if start >= end:
         raise NodeInputError("end", f"end ({end}) must be after start ({start})")
-    check_fits(model, controlnet, vae)
+    check_fits(model, controlnet, vae, mode)
     pixels = hint.pixels.permute(0, 3, 1, 2).float().contiguous()
-    return model.with_patch(hooks=[ControlNetHook(controlnet, pixels, strength, start, end, vae)])
+    return model.with_patch(hooks=[ControlNetHook(controlnet, pixels, strength, start, end, vae,
+                                                  mode if mode >= 0 else None)])

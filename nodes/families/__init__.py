@@ -46,15 +46,18 @@ class ControlNetSupport:
     model_class    the diffusers class; also the `_class_name` in the config.json of its folders
     matches_keys   single-file keys (diffusers layout) -> is this file such a ControlNet?
     hint           "module:function" (ctx, vae, controlnet, pixels [B, 3, H, W] in 0..1 at the
-                   sampled size) -> the hint as the ControlNet takes it (VAE latents for both)
-    residuals      "module:function" (model, controlnet, hint, scale, step) -> the keyword arguments
-                   of the family's `predict` that carry the residuals (step: a `FlowStepInfo`)
+                   sampled size) -> the hint as the ControlNet takes it (VAE latents, or pixels)
+    residuals      "module:function" (model, controlnet, hint, scale, mode, step) -> the keyword
+                   arguments of the family's `predict` that carry the residuals (step: a
+                   `FlowStepInfo`; mode: a union ControlNet's control type, else None)
+    takes_latents  controlnet -> whether its hint goes through the VAE (then a VAE is required)
     """
 
     model_class: str
     matches_keys: Callable[[dict[str, tuple]], bool]
     hint: str
     residuals: str
+    takes_latents: Callable[[Any], bool] = lambda controlnet: True
 
     def function(self, attribute: str) -> Callable:
         return _imported(getattr(self, attribute))

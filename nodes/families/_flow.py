@@ -67,14 +67,21 @@ def per_row(tensor, rows: int, batch: int):
 
 
 def _add_residuals(into: dict, extra: dict) -> None:
-    """Several hooks' residuals add up entry by entry, as diffusers' Multi ControlNet models sum them."""
+    """Several hooks' residuals add up entry by entry, as diffusers' Multi ControlNet models sum them;
+    other values (flags) are taken as they come."""
+    import torch
+
     for key, value in extra.items():
         if value is None:
             continue
-        if isinstance(value, (list, tuple)):
-            into[key] = [a + b for a, b in zip(into[key], value)] if key in into else list(value)
+        if key not in into:
+            into[key] = list(value) if isinstance(value, (list, tuple)) else value
+        elif isinstance(value, (list, tuple)):
+            into[key] = [a + b for a, b in zip(into[key], value)]
+        elif isinstance(value, torch.Tensor):
+            into[key] = into[key] + value
         else:
-            into[key] = into[key] + value if key in into else value
+            into[key] = value
 
 
 def make_flow_scheduler(name: str, config: dict, schedule: str = "default"):

@@ -78,8 +78,8 @@ def image_ids(h: int, w: int, device, dtype):
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
-def predict(model, latents, timestep, embeds, pooled, guidance,
-            controlnet_block_samples=None, controlnet_single_block_samples=None):
+def predict(model, latents, timestep, embeds, pooled, guidance, controlnet_block_samples=None,
+            controlnet_single_block_samples=None, controlnet_blocks_repeat=False):
     """The transformer's velocity for unpacked latents, called as Flux(ControlNet)Pipeline calls it."""
     import torch
 
@@ -93,7 +93,8 @@ def predict(model, latents, timestep, embeds, pooled, guidance,
                       txt_ids=torch.zeros(embeds.shape[1], 3, device=latents.device, dtype=latents.dtype),
                       img_ids=image_ids(h, w, latents.device, latents.dtype),
                       controlnet_block_samples=controlnet_block_samples,
-                      controlnet_single_block_samples=controlnet_single_block_samples, return_dict=False)[0]
+                      controlnet_single_block_samples=controlnet_single_block_samples,
+                      controlnet_blocks_repeat=controlnet_blocks_repeat, return_dict=False)[0]
     return unpack(out, h, w)
 
 
@@ -102,18 +103,27 @@ def _is_controlnet_keys(keys: dict[str, tuple]) -> bool:
     return "controlnet_x_embedder.weight" in keys
 
 
+def _takes_latents(controlnet) -> bool:
+    """XLabs' ControlNets read the hint's pixels through their own hint block; the others, VAE latents."""
+    return controlnet.input_hint_block is None
+
+
 def controlnet_hint(ctx, vae, controlnet, pixels):
-    """The hint's VAE latents, shifted and scaled as FluxControlNetPipeline encodes the control
-    image (left unpacked, like every latent in Loom; the residual call packs them)."""
+    """The hint as FluxControlNetPipeline prepares the control image: VAE latents, shifted and
+    scaled (left unpacked, like every latent in Loom; the residual call packs them), or -1..1
+    pixels for a ControlNet with its own hint block."""
     from ..vae import encode_pixels
 
+    if not _takes_latents(controlnet):
+        return pixels * 2 - 1
     return encode_pixels(ctx, vae, pixels * 2 - 1)
 
 
-def controlnet_residuals(model, controlnet, hint, scale, step):
+def controlnet_residuals(model, controlnet, hint, scale, mode, step):
     """The ControlNet's double- and single-block residuals for this step, as FluxControlNetPipeline
     computes them: from the positive prompt, with the ControlNet's own guidance input when it has
-    one; a true-CFG negative pass reuses the positive pass's residuals, as the pipeline does."""
+    one and a union ControlNet's control type; a true-CFG negative pass reuses the positive pass's
+    residuals, as the pipeline does. XLabs' residuals repeat over the double blocks."""
     import torch
 
     from ._flow import per_row
@@ -121,15 +131,18 @@ def controlnet_residuals(model, controlnet, hint, scale, step):
     neg = step.negative_rows
     x = step.sample[neg:]
     rows, (_, _, h, w) = x.shape[0], x.shape
-    cond = pack(per_row(hint, rows, step.batch).to(device=x.device, dtype=controlnet.dtype))
+    cond = per_row(hint, rows, step.batch).to(device=x.device, dtype=controlnet.dtype)
+    latents = _takes_latents(controlnet)
     g = None
     if controlnet.config.guidance_embeds:
         g = torch.full([rows], float(step.guidance), device=x.device, dtype=torch.float32)
+    modes = None if mode is None else torch.full([rows, 1], mode, device=x.device, dtype=torch.long)
     embeds = step.encoder_hidden_states[neg:]
     blocks, singles = controlnet(
-        hidden_states=pack(x).to(controlnet.dtype), controlnet_cond=cond, conditioning_scale=scale,
-        timestep=step.timestep.expand(rows).to(x.dtype) / 1000, guidance=g, pooled_projections=step.pooled[neg:],
-        encoder_hidden_states=embeds, txt_ids=torch.zeros(embeds.shape[1], 3, device=x.device, dtype=x.dtype),
+        hidden_states=pack(x).to(controlnet.dtype), controlnet_cond=pack(cond) if latents else cond,
+        controlnet_mode=modes, conditioning_scale=scale, timestep=step.timestep.expand(rows).to(x.dtype) / 1000,
+        guidance=g, pooled_projections=step.pooled[neg:], encoder_hidden_states=embeds,
+        txt_ids=torch.zeros(embeds.shape[1], 3, device=x.device, dtype=x.dtype),
         img_ids=image_ids(h, w, x.device, x.dtype), return_dict=False)
 
     def with_negative_rows(samples):
@@ -137,7 +150,8 @@ def controlnet_residuals(model, controlnet, hint, scale, step):
             return samples
         return [torch.cat([s[:step.batch]] * (neg // step.batch) + [s]) for s in samples]
     return {"controlnet_block_samples": with_negative_rows(blocks),
-            "controlnet_single_block_samples": with_negative_rows(singles)}
+            "controlnet_single_block_samples": with_negative_rows(singles),
+            "controlnet_blocks_repeat": not latents}
 
 
 FLUX = Family(
@@ -149,7 +163,7 @@ FLUX = Family(
     default_scheduler="euler", pipeline="FluxPipeline", config="flux-dev", config_for_keys=config_for_keys,
     lora_loader="FluxLoraLoaderMixin",
     controlnet=ControlNetSupport("FluxControlNetModel", _is_controlnet_keys, hint="nodes.families.flux:controlnet_hint",
-                                 residuals="nodes.families.flux:controlnet_residuals"),
+                                 residuals="nodes.families.flux:controlnet_residuals", takes_latents=_takes_latents),
     matches_keys=_is_flux_keys, matches_folder=_is_flux_folder,
     detection_order=10,
 )

@@ -110,7 +110,7 @@ def controlnet_hint(ctx, vae, controlnet, pixels):
     return latents
 
 
-def controlnet_residuals(model, controlnet, hint, scale, step):
+def controlnet_residuals(model, controlnet, hint, scale, mode, step):
     """The ControlNet's block residuals for this step, computed as StableDiffusion3ControlNetPipeline
     does: on every row of the guidance batch with that row's embeddings. ControlNets without a
     patch embedding of their own (SD3.5 Large's) read the latents through the transformer's."""

@@ -52,15 +52,16 @@ def _sd3_controlnet(seed: int, **config):
     return _randomise_zero_layers(SD3ControlNetModel(**{**base, **config}), seed)
 
 
-def _flux_controlnet(seed: int):
-    """Shaped for make_flux_pipeline's transformer, with its own guidance embedding."""
+def _flux_controlnet(seed: int, **config):
+    """Shaped for make_flux_pipeline's transformer, with its own guidance embedding; by default
+    InstantX's kind (VAE latents of the hint, packed)."""
     from diffusers import FluxControlNetModel
 
     torch.manual_seed(seed)
-    net = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-                              num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32,
-                              guidance_embeds=True, axes_dims_rope=(4, 6, 6))
-    return _randomise_zero_layers(net, seed)
+    base = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
+                axes_dims_rope=(4, 6, 6))
+    return _randomise_zero_layers(FluxControlNetModel(**{**base, **config}), seed)
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +80,10 @@ def controlnets(models_dir):
     flux = _flux_controlnet(4)
     flux.save_pretrained(folder / "tiny-flux-cn")
     _flux_controlnet(5).save_pretrained(folder / "tiny-flux-cn-2")
+    _flux_controlnet(7, num_mode=3).save_pretrained(folder / "tiny-flux-union-cn")
+    # XLabs' kind: a hint block reads the pixels down to the packed tokens' grid (8x here, as the
+    # tiny VAE's 4x latents are packed 2x2)
+    _flux_controlnet(8, conditioning_embedding_channels=64).save_pretrained(folder / "tiny-flux-xlabs-cn")
     save_file(flux.state_dict(), str(folder / "tiny-flux-cn-single.safetensors"))
     (folder / "tiny-flux-cn-single.json").write_text(json.dumps({k: v for k, v in flux.config.items()
                                                                  if not k.startswith("_")}))
@@ -107,18 +112,20 @@ def _pil(hint: torch.Tensor):
     return PILImage.fromarray((hint[0].numpy() * 255).astype(np.uint8))
 
 
-def _generators(seed):
-    return [torch.Generator("cpu").manual_seed(seed)]
+def _generators(seed, batch=1):
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
 
 
-def _ours(ctx, checkpoint, nets, seed, steps, cfg, negative=None, guidance=None):
+def _ours(ctx, checkpoint, nets, seed, steps, cfg, negative=None, guidance=None, batch=1, mode=-1):
     """nets: (name, hint, strength, start, end) per ControlNet, chained."""
     model, te, vae = load_checkpoint_handles(ctx, checkpoint)
     for name, hint, strength, start, end in nets:
-        model = apply_controlnet(model, load_controlnet(ctx, name), Image(hint), strength, start, end, vae=vae)
+        model = apply_controlnet(model, load_controlnet(ctx, name), Image(hint), strength, start, end, vae=vae,
+                                 mode=mode)
     neg = encode_text(ctx, te, negative) if negative is not None else None
     kwargs = {"guidance": guidance} if guidance is not None else {}
-    out = run_sampler(ctx, model, encode_text(ctx, te, PROMPT), empty_latent(vae, width=64, height=64), neg,
+    latent = empty_latent(vae, width=64, height=64, batch=batch)
+    out = run_sampler(ctx, model, encode_text(ctx, te, PROMPT), latent, neg,
                       seed=seed, steps=steps, cfg=cfg, scheduler="euler", **kwargs)
     return vae_decode(ctx, vae, out).pixels
 
@@ -132,7 +139,7 @@ def _control_args(ctx, nets):
     return modules, dict(zip(names, values))
 
 
-def _sd3_pipeline(ctx, nets, seed, steps, cfg):
+def _sd3_pipeline(ctx, nets, seed, steps, cfg, batch=1):
     from diffusers import (FlowMatchEulerDiscreteScheduler, SD3MultiControlNetModel,
                            StableDiffusion3ControlNetPipeline)
 
@@ -141,34 +148,40 @@ def _sd3_pipeline(ctx, nets, seed, steps, cfg):
     parts = dict(zip(("text_encoder", "text_encoder_2", "text_encoder_3"), te.encoders))
     parts.update(zip(("tokenizer", "tokenizer_2", "tokenizer_3"), te.tokenizers))
     pipe = StableDiffusion3ControlNetPipeline(
-        transformer=model.unet, vae=vae.vae, scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
+        transformer=model.unet, vae=vae.vae,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
         controlnet=modules[0] if len(modules) == 1 else SD3MultiControlNetModel(modules), **parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe(PROMPT, negative_prompt=NEGATIVE, height=64, width=64, num_inference_steps=steps, guidance_scale=cfg,
-                generator=_generators(seed), output_type="pt", **args).images.permute(0, 2, 3, 1)
+                num_images_per_prompt=batch, generator=_generators(seed, batch), output_type="pt",
+                **args).images.permute(0, 2, 3, 1)
 
 
-def _flux_pipeline(ctx, nets, seed, steps, guidance, negative=None, true_cfg=1.0):
+def _flux_pipeline(ctx, nets, seed, steps, guidance, negative=None, true_cfg=1.0, batch=1, mode=None):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlNetPipeline, FluxMultiControlNetModel
 
     model, te, vae = load_checkpoint_handles(ctx, "tiny-flux")
     modules, args = _control_args(ctx, nets)
     pipe = FluxControlNetPipeline(
-        transformer=model.unet, vae=vae.vae, scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
+        transformer=model.unet, vae=vae.vae,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
         text_encoder=te.encoders[0], tokenizer=te.tokenizers[0], text_encoder_2=te.encoders[1],
         tokenizer_2=te.tokenizers[1],
         controlnet=modules[0] if len(modules) == 1 else FluxMultiControlNetModel(modules))
     pipe.set_progress_bar_config(disable=True)
     return pipe(PROMPT, negative_prompt=negative, true_cfg_scale=true_cfg, height=64, width=64,
-                num_inference_steps=steps, guidance_scale=guidance, generator=_generators(seed), output_type="pt",
+                num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=batch,
+                generator=_generators(seed, batch), output_type="pt", control_mode=mode,
                 **args).images.permute(0, 2, 3, 1)
 
 
-def test_sd3_controlnet_matches_the_pipeline(ctx, controlnets, vae_mode):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_sd3_controlnet_matches_the_pipeline(ctx, controlnets, vae_mode, batch):
     nets = [("tiny-sd3-cn", _hint(0), 0.7, 0.0, 1.0)]
-    ours = _ours(ctx, "tiny-sd3", nets, seed=7, steps=4, cfg=4.5, negative=NEGATIVE)
-    plain = _ours(ctx, "tiny-sd3", [], seed=7, steps=4, cfg=4.5, negative=NEGATIVE)
-    theirs = _sd3_pipeline(ctx, nets, seed=7, steps=4, cfg=4.5)
+    ours = _ours(ctx, "tiny-sd3", nets, seed=7, steps=4, cfg=4.5, negative=NEGATIVE, batch=batch)
+    plain = _ours(ctx, "tiny-sd3", [], seed=7, steps=4, cfg=4.5, negative=NEGATIVE, batch=batch)
+    theirs = _sd3_pipeline(ctx, nets, seed=7, steps=4, cfg=4.5, batch=batch)
+    assert ours.shape == (batch, 64, 64, 3)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     assert (ours - plain).abs().max() > 1e-3          # the ControlNet steers the result
 
@@ -204,12 +217,36 @@ def test_two_flux_controlnets_with_windows_match_the_multi_pipeline(ctx, control
     torch.testing.assert_close(ours, _flux_pipeline(ctx, nets, seed=4, steps=4, guidance=4.0), atol=1e-4, rtol=1e-4)
 
 
-def test_flux_controlnet_with_true_cfg_matches_the_pipeline(ctx, controlnets, vae_mode):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_flux_controlnet_with_true_cfg_matches_the_pipeline(ctx, controlnets, vae_mode, batch):
     """The negative pass reuses the positive prompt's residuals, as FluxControlNetPipeline does."""
     nets = [("tiny-flux-cn", _hint(7), 0.9, 0.0, 0.75)]
-    ours = _ours(ctx, "tiny-flux", nets, seed=6, steps=4, cfg=2.5, negative=NEGATIVE, guidance=3.5)
-    theirs = _flux_pipeline(ctx, nets, seed=6, steps=4, guidance=3.5, negative=NEGATIVE, true_cfg=2.5)
+    ours = _ours(ctx, "tiny-flux", nets, seed=6, steps=4, cfg=2.5, negative=NEGATIVE, guidance=3.5, batch=batch)
+    theirs = _flux_pipeline(ctx, nets, seed=6, steps=4, guidance=3.5, negative=NEGATIVE, true_cfg=2.5, batch=batch)
+    assert ours.shape == (batch, 64, 64, 3)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_flux_union_controlnet_with_a_mode_matches_the_pipeline(ctx, controlnets, vae_mode):
+    nets = [("tiny-flux-union-cn", _hint(9), 0.8, 0.0, 1.0)]
+    ours = _ours(ctx, "tiny-flux", nets, seed=1, steps=3, cfg=1.0, guidance=3.5, mode=2)
+    other_mode = _ours(ctx, "tiny-flux", nets, seed=1, steps=3, cfg=1.0, guidance=3.5, mode=0)
+    torch.testing.assert_close(ours, _flux_pipeline(ctx, nets, seed=1, steps=3, guidance=3.5, mode=2),
+                               atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(ours, other_mode, atol=1e-4)     # the mode reaches the ControlNet
+
+
+def test_xlabs_kind_flux_controlnet_reads_pixels_and_matches_the_pipeline(ctx, controlnets):
+    """No VAE: the ControlNet's own hint block reads the -1..1 pixels; its residuals repeat over
+    the transformer's double blocks."""
+    model, te, vae = load_checkpoint_handles(ctx, "tiny-flux")
+    patched = apply_controlnet(model, load_controlnet(ctx, "tiny-flux-xlabs-cn"), Image(_hint(10)), 0.9, 0.0, 0.75)
+    out = run_sampler(ctx, patched, encode_text(ctx, te, PROMPT), empty_latent(vae, width=64, height=64), seed=8,
+                      steps=4, cfg=1.0, scheduler="euler", guidance=3.5)
+    ours = vae_decode(ctx, vae, out).pixels
+    nets = [("tiny-flux-xlabs-cn", _hint(10), 0.9, 0.0, 0.75)]
+    torch.testing.assert_close(ours, _flux_pipeline(ctx, nets, seed=8, steps=4, guidance=3.5), atol=1e-4, rtol=1e-4)
+    assert (ours - _ours(ctx, "tiny-flux", [], seed=8, steps=4, cfg=1.0, guidance=3.5)).abs().max() > 1e-3
 
 
 def test_loader_tells_the_kinds_apart(ctx, controlnets):
@@ -250,6 +287,10 @@ def test_a_controlnet_of_another_family_is_refused_naming_the_input(ctx, control
     with pytest.raises(NodeInputError) as err:
         apply_controlnet(model, load_controlnet(ctx, "tiny-flux-cn"), hint)
     assert err.value.input == "vae"
+    for name, mode in (("tiny-flux-union-cn", -1), ("tiny-flux-union-cn", 3), ("tiny-flux-cn", 0)):
+        with pytest.raises(NodeInputError) as err:
+            apply_controlnet(model, load_controlnet(ctx, name), hint, vae=vae, mode=mode)
+        assert err.value.input == "mode"
     sd3, _, sd3_vae = load_checkpoint_handles(ctx, "tiny-sd3")
     with pytest.raises(NodeInputError) as err:
         apply_controlnet(sd3, load_controlnet(ctx, "tiny-flux-cn"), hint, vae=sd3_vae)
@@ -265,12 +306,12 @@ def _graph(strength: float):
         "hint": {"type": "draw_shape", "inputs": {"shape": "square", "colour": "white", "background": "black"}},
         "pos": {"type": "encode_text", "inputs": {"text_encoder": ["ckpt", "text_encoder"], "text": PROMPT}},
         "latent": {"type": "empty_latent", "inputs": {"vae": ["ckpt", "vae"], "width": 64, "height": 64}},
-        "apply": {"type": "apply_controlnet", "inputs": {"model": ["ckpt", "model"], "controlnet": ["cn", "control_net"],
-                                                         "hint": ["hint", "image"], "vae": ["ckpt", "vae"],
-                                                         "strength": strength}},
-        "sampler": {"type": "sample", "inputs": {"model": ["apply", "diffusion_model"], "positive": ["pos", "conditioning"],
-                                                 "latent": ["latent", "latent"], "steps": 2, "cfg": 1.0,
-                                                 "scheduler": "euler", "guidance": 3.5}},
+        "apply": {"type": "apply_controlnet", "inputs": {
+            "model": ["ckpt", "model"], "controlnet": ["cn", "control_net"], "hint": ["hint", "image"],
+            "vae": ["ckpt", "vae"], "strength": strength}},
+        "sampler": {"type": "sample", "inputs": {
+            "model": ["apply", "diffusion_model"], "positive": ["pos", "conditioning"], "latent": ["latent", "latent"],
+            "steps": 2, "cfg": 1.0, "scheduler": "euler", "guidance": 3.5}},
         "decode": {"type": "vae_decode", "inputs": {"vae": ["ckpt", "vae"], "latent": ["sampler", "latent"]}},
         "save": {"type": "save_image", "inputs": {"images": ["decode", "image"], "prefix": "flux_cn"}}}})
 
