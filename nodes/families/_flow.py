@@ -216,7 +216,8 @@ def run_flow_sampler(ctx: Context, model: DiffusionModel, positive: Conditioning
     patch = fam.packing if fam.packing > 1 else getattr(transformer.config, "patch_size", 1)
     _set_timesteps(sched, fam, steps, (h // patch) * (w // patch), device)
     order = getattr(sched, "order", 1)
-    begin = max(start_step, steps - min(int(steps * denoise), steps))
+    # the flow pipelines' get_timesteps: the start is rounded down, so 8 steps at 0.6 run 5, not 4
+    begin = max(start_step, int(max(steps - min(steps * denoise, steps), 0)))
     end = min(end_step, steps)
     if begin >= end:
         raise NodeInputError("denoise", f"denoise {denoise} with {steps} steps leaves no step to run")
