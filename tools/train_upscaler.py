@@ -121,15 +121,21 @@ def make_model() -> torch.nn.Module:
     return Compact(num_feat=NUM_FEAT, num_conv=NUM_CONV, upscale=SCALE)
 
 
-def train(minutes: float, total_steps: int) -> None:
+def train(minutes: float, total_steps: int, batch_of=None, stage_dir: Path = STAGE_DIR,
+          start_from: dict | None = None) -> None:
+    """Resumable training in stage_dir on batch_of(step) (the shapes domain's `batch` unless given),
+    from random weights or the state dict `start_from` (fine-tuning another domain's model)."""
     torch.manual_seed(SEED)
+    batch_of = batch_of or batch
     model = make_model().train()
+    if start_from is not None:
+        model.load_state_dict(start_from)
     optimiser = torch.optim.Adam(model.parameters(), lr=LR)
     schedule = resumable.warmup_cosine(optimiser, WARMUP, total_steps, floor=0.02)
     ema = resumable.Ema(model, EMA_DECAY)
 
     def step_fn(step: int) -> float:
-        lr, hr = batch(step)
+        lr, hr = batch_of(step)
         out = model(lr)
         loss = F.mse_loss(out, hr)
         optimiser.zero_grad(set_to_none=True)
@@ -139,14 +145,14 @@ def train(minutes: float, total_steps: int) -> None:
         ema.update(model)
         return loss.item()
 
-    resumable.run(STAGE_DIR, {"model": model, "optimiser": optimiser, "schedule": schedule, "ema": ema},
+    resumable.run(stage_dir, {"model": model, "optimiser": optimiser, "schedule": schedule, "ema": ema},
                   step_fn, total_steps, minutes, log_every=50)
 
 
-def trained_model() -> tuple[torch.nn.Module, dict]:
-    saved = resumable.load_checkpoint(STAGE_DIR)
+def trained_model(stage_dir: Path = STAGE_DIR) -> tuple[torch.nn.Module, dict]:
+    saved = resumable.load_checkpoint(stage_dir)
     if saved is None:
-        sys.exit(f"no checkpoint in {STAGE_DIR}: train first")
+        sys.exit(f"no checkpoint in {stage_dir}: train first")
     model = make_model()
     model.load_state_dict(saved["ema"]["averaged"])
     return model.eval(), {"step": saved["step"], "seconds": round(saved["seconds"])}

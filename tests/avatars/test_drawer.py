@@ -64,3 +64,15 @@ def test_drawing_is_a_pure_function_of_the_spec():
     spec = data.spec_for("eval", 3)
     assert np.array_equal(np.asarray(data.render(spec)), np.asarray(data.render(spec)))
     assert data.render(spec).size == (data.IMAGE_SIZE, data.IMAGE_SIZE)
+
+
+@pytest.mark.parametrize("index", [0, 7])
+def test_a_drawing_at_twice_the_size_is_the_same_portrait(index):
+    """Scale 2 is the ground truth of the avatar upscaler: reduced 2x it is the 64 px drawing."""
+    from PIL import Image
+
+    spec = data.spec_for("eval", index)
+    large = data.render(spec, scale=2)
+    assert large.size == (128, 128)
+    reduced = np.asarray(large.resize((64, 64), Image.Resampling.BOX), dtype=np.float32)
+    assert np.abs(reduced - np.asarray(data.render(spec), dtype=np.float32)).mean() < 4

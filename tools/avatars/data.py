@@ -135,32 +135,35 @@ def spec_for(split: str, index: int, seed: int = 0) -> AvatarSpec:
 
 
 class _Canvas:
+    """Draws in the 64-unit coordinates of the portrait onto a supersampled image of any size."""
+
     def __init__(self, image: Image.Image, dx: int, dy: int):
         self.draw = ImageDraw.Draw(image)
         self.dx, self.dy = dx, dy
+        self.unit = image.size[0] // IMAGE_SIZE   # pixels per unit: SUPERSAMPLE x the output's scale
 
     def _box(self, x0, y0, x1, y1):
-        s = SUPERSAMPLE
+        s = self.unit
         return [(x0 + self.dx) * s, (y0 + self.dy) * s, (x1 + self.dx) * s - 1, (y1 + self.dy) * s - 1]
 
     def _points(self, points):
-        return [((x + self.dx) * SUPERSAMPLE, (y + self.dy) * SUPERSAMPLE) for x, y in points]
+        return [((x + self.dx) * self.unit, (y + self.dy) * self.unit) for x, y in points]
 
     def ellipse(self, box, fill=None, outline=OUTLINE, width=1.0):
-        self.draw.ellipse(self._box(*box), fill=fill, outline=outline, width=round(width * SUPERSAMPLE))
+        self.draw.ellipse(self._box(*box), fill=fill, outline=outline, width=round(width * self.unit))
 
     def rectangle(self, box, fill=None, outline=None, width=1.0, radius=0.0):
-        self.draw.rounded_rectangle(self._box(*box), radius=radius * SUPERSAMPLE, fill=fill,
-                                    outline=outline, width=round(width * SUPERSAMPLE))
+        self.draw.rounded_rectangle(self._box(*box), radius=radius * self.unit, fill=fill,
+                                    outline=outline, width=round(width * self.unit))
 
     def polygon(self, points, fill=None, outline=None):
         self.draw.polygon(self._points(points), fill=fill, outline=outline)
 
     def line(self, points, fill=OUTLINE, width=1.0):
-        self.draw.line(self._points(points), fill=fill, width=round(width * SUPERSAMPLE), joint="curve")
+        self.draw.line(self._points(points), fill=fill, width=round(width * self.unit), joint="curve")
 
     def arc(self, box, start, end, fill=OUTLINE, width=1.0):
-        self.draw.arc(self._box(*box), start, end, fill=fill, width=round(width * SUPERSAMPLE))
+        self.draw.arc(self._box(*box), start, end, fill=fill, width=round(width * self.unit))
 
 
 def _background(image: Image.Image, spec: AvatarSpec) -> None:
@@ -238,13 +241,15 @@ def _face(canvas: _Canvas, spec: AvatarSpec) -> None:
         canvas.line([(31.5, 32), (32.5, 32)], width=1.25)
     if spec.expression == "smiling":
         canvas.draw.chord(canvas._box(26, 37, 38, 46), 0, 180, fill=(150, 30, 40), outline=OUTLINE,
-                          width=SUPERSAMPLE)
+                          width=canvas.unit)
     else:
         canvas.line([(28, 43), (36, 43)], width=1.25)
 
 
-def render(spec: AvatarSpec) -> Image.Image:
-    big = IMAGE_SIZE * SUPERSAMPLE
+def render(spec: AvatarSpec, scale: int = 1) -> Image.Image:
+    """The portrait at IMAGE_SIZE x scale pixels (scale 2 is the ground truth of a 2x upscale)."""
+    size = IMAGE_SIZE * scale
+    big = size * SUPERSAMPLE
     image = Image.new("RGB", (big, big))
     _background(image, spec)
     canvas = _Canvas(image, spec.dx, spec.dy)
@@ -257,7 +262,7 @@ def render(spec: AvatarSpec) -> Image.Image:
             canvas.rectangle((x0, 24, x0 + 8, 62), fill=hair, outline=OUTLINE, radius=4)
     _face(canvas, spec)
     _hair_front(canvas, spec, hair)
-    return image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+    return image.resize((size, size), Image.Resampling.BOX)
 
 
 def to_tensor_array(image: Image.Image) -> np.ndarray:
