@@ -168,7 +168,7 @@ def _print_problems(error) -> None:
 # -- commands -------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from .display import RunDisplay, json_value, print_outputs
+    from .display import RunDisplay, json_value, print_models, print_outputs
     from .errors import Cancelled, NodeError
 
     executor = _executor(args, use_disk=not args.no_cache)
@@ -187,9 +187,12 @@ def cmd_run(args) -> int:
     if args.json:
         report = result.to_dict()
         report["outputs"] = {n: {k: json_value(v) for k, v in o.items()} for n, o in result.outputs.items()}
+        report["models"] = [m.to_dict() for m in executor.models.loaded()]
         out.print_json(json.dumps(report))
     else:
         print_outputs(result, out, err)
+        if args.models:
+            print_models(executor.models.loaded(), err)
     if isinstance(result.error, NodeError):
         err.print(f"failed: {result.error}", style="red", markup=False, highlight=False)
         if args.traceback:
@@ -417,6 +420,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--traceback", action="store_true", help="print a failing node's Python traceback")
+    run.add_argument("--models", action="store_true",
+                     help="after the run, list the models in memory: kind, name, device, dtype or "
+                          "quantization, size (--json always includes them)")
     _add_run_options(run)
     _add_cache_options(run)
     run.set_defaults(func=cmd_run)

@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+from .display import human_size
 from .model_inventory import Inventory, ModelEntry
 from .model_pull import PullError, pull
 from .models import ModelPaths
@@ -123,14 +124,8 @@ def _print_table(entries: list[ModelEntry], out) -> None:
 
     table = Table("kind", "name", "family", "format", "size", "sha256 (on record)")
     for e in entries:
-        table.add_row(e.kind, e.name, e.family or "?", e.format, _size(e.size),
+        table.add_row(e.kind, e.name, e.family or "?", e.format, human_size(e.size),
                       (e.sha256 or "")[:16])
     out.print(table)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"

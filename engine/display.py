@@ -87,6 +87,29 @@ def print_outputs(result, out, err) -> None:
               f"{sum(result.timings.values()):.2f}s in nodes")
 
 
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def print_models(models, out) -> None:
+    """The models a process holds in memory, one row each: name, kind, where, in what form, size."""
+    from rich.table import Table
+
+    table = Table("kind", "name", "device", "weights", "size", box=None, pad_edge=False)
+    for m in models:
+        main = sorted((d for d, n in m.dtypes.items() if n >= 0.01 * m.bytes), key=m.dtypes.get, reverse=True)
+        weights = m.details.get("quantization") or ", ".join(main)   # not the odd int64 id buffer
+        if "upcast" in m.details:
+            weights += f" (upcast from {m.details['upcast'].split(' -> ')[0]})"
+        table.add_row(m.kind, m.name, ", ".join(m.devices), weights, human_size(m.bytes))
+    out.print(f"models in memory: {len(models)}, {human_size(sum(m.bytes for m in models))}")
+    out.print(table)
+
+
 def json_value(value: Any) -> Any:
     """An output for `--json`: numbers, text, booleans and lists or mappings of them stay what
     they are; anything else (tensors, images, models) becomes its short summary."""

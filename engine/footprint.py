@@ -35,7 +35,10 @@ def is_module(value: Any) -> bool:
 
 
 def _is_tensor(value: Any) -> bool:
-    return type(value).__module__.startswith("torch") and callable(getattr(value, "untyped_storage", None))
+    """A torch tensor, subclasses defined elsewhere included (diffusers' GGUFParameter holds its
+    quantized blocks in an ordinary storage); without torch imported there are none."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def storage_of(tensor: Any) -> tuple[int, int]:
@@ -108,9 +111,9 @@ def owned_objects(model: Any) -> set[int]:
     return ids
 
 
-def device_bytes(model: Any) -> dict[str, int]:
-    """Bytes a loaded model holds on each device ("cpu", "cuda:0", ...), each storage once."""
-    storages: dict[int, tuple[str, int]] = {}
+def _model_storages(model: Any) -> dict[int, tuple[str, str, int]]:
+    """storage -> (device, dtype, bytes) for every tensor storage a loaded model holds."""
+    storages: dict[int, tuple[str, str, int]] = {}
     seen: set[int] = set()
     stack = [model]
     while stack:
@@ -120,12 +123,27 @@ def device_bytes(model: Any) -> dict[str, int]:
         seen.add(id(item))
         if _is_tensor(item):
             key, nbytes = storage_of(item)
-            storages[key] = (str(item.device), nbytes)
+            storages[key] = (str(item.device), str(item.dtype).removeprefix("torch."), nbytes)
         elif is_module(item):
             stack.extend((*item.parameters(), *item.buffers()))
         else:
             stack.extend(_children(item))
+    return storages
+
+
+def _totals(pairs) -> dict[str, int]:
     totals: dict[str, int] = {}
-    for device, nbytes in storages.values():
-        totals[device] = totals.get(device, 0) + nbytes
+    for key, nbytes in pairs:
+        totals[key] = totals.get(key, 0) + nbytes
     return totals
+
+
+def device_bytes(model: Any) -> dict[str, int]:
+    """Bytes a loaded model holds on each device ("cpu", "cuda:0", ...), each storage once."""
+    return _totals((device, n) for device, _, n in _model_storages(model).values())
+
+
+def dtype_bytes(model: Any) -> dict[str, int]:
+    """Bytes a loaded model holds in each tensor dtype ("float16", "uint8" for packed quantized
+    blocks, ...), each storage once."""
+    return _totals((dtype, n) for _, dtype, n in _model_storages(model).values())

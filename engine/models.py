@@ -12,13 +12,13 @@ import threading
 import weakref
 from collections import OrderedDict
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import LoomError
 from .files import atomic_write
-from .footprint import device_bytes, owned_objects
+from .footprint import device_bytes, dtype_bytes, owned_objects
 from .paths import UnsafePath, contained
 
 MODEL_SUFFIXES = (".safetensors", ".sft", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
@@ -189,6 +189,33 @@ class _Loaded:
     model: Any
     devices: dict[str, int]      # device -> bytes
     objects: set[int]            # ids of what the model consists of (see footprint.owned_objects)
+    report: "LoadedModel | None" = None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model in memory as users see it (`loom run --models`, GET /v1/models/loaded).
+
+    name     the file or folder it was loaded from, as the graph named it
+    kind     what its loader calls it (checkpoint, diffusion_model, text_encoder, vae, ...)
+    devices  bytes on each device
+    dtypes   bytes in each tensor dtype (a quantized model's packed blocks count as uint8)
+    details  what its loader adds, e.g. {"quantization": "GGUF Q4_K"} or {"upcast": "F8_E4M3 -> float16"}
+    """
+
+    name: str
+    kind: str
+    devices: dict[str, int]
+    dtypes: dict[str, int]
+    details: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.devices.values())
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "bytes": self.bytes, "devices": dict(self.devices),
+                "dtypes": dict(self.dtypes), "details": dict(self.details)}
 
 
 class ModelManager:
@@ -230,7 +257,16 @@ class ModelManager:
             return sum(n for entry in self._loaded.values() for d, n in entry.devices.items()
                        if device is None or d == device)
 
-    def get(self, identity: tuple, load: Callable[[], Any]) -> Any:
+    def loaded(self) -> list[LoadedModel]:
+        """The models in memory now, least recently used first."""
+        with self._lock:
+            return [entry.report for entry in self._loaded.values() if entry.report is not None]
+
+    def get(self, identity: tuple, load: Callable[[], Any], *, name: str = "", kind: str = "",
+            describe: Callable[[Any], dict[str, str]] | None = None) -> Any:
+        """The model with this identity, loaded by `load()` unless it is in memory. `name`, `kind`
+        (default: the identity's first part) and `describe(model)` (details such as its
+        quantization) are what `loaded()` reports for it."""
         with self._lock:
             entry = self._loaded.get(identity)
             if entry is not None:
@@ -249,7 +285,10 @@ class ModelManager:
                 del self._loading[identity]
             pending.set_exception(exc)
             raise
-        entry = _Loaded(model, device_bytes(model), owned_objects(model))
+        devices = device_bytes(model)
+        report = LoadedModel(name or "", kind or str(identity[0]), devices, dtype_bytes(model),
+                             describe(model) if describe is not None else {})
+        entry = _Loaded(model, devices, owned_objects(model), report)
         with self._lock:
             del self._loading[identity]
             self._loaded[identity] = entry

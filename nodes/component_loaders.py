@@ -143,7 +143,8 @@ def load_denoiser(ctx: Context, name: str, config: str = "auto") -> DiffusionMod
             module.to(device)
         return module
 
-    module = ctx.models.get(("denoiser", identity), load)
+    module = ctx.models.get(("denoiser", identity), load, name=name, kind="diffusion_model",
+                            describe=lambda module: load_details(path, module))
     scheduler = json.loads((config_dir / "scheduler" / "scheduler_config.json").read_text())
     vae_blocks = json.loads((config_dir / "vae" / "config.json").read_text())["block_out_channels"]
     return DiffusionModel(module, scheduler, fam.name, latent_scale=2 ** (len(vae_blocks) - 1),
@@ -182,6 +183,27 @@ def t5_tokenizer(ctx: Context, folder: Path | None):
     raise NodeInputError("t5xxl", "no T5 tokenizer: a single T5 file carries no vocabulary. Put the tokenizer "
                                   "folder of the model you downloaded (tokenizer.json or spiece.model, e.g. FLUX.1's "
                                   f"tokenizer_2/) in models/text_encoders/{T5_TOKENIZER}/")
+
+
+def load_details(path: Path, module) -> dict[str, str]:
+    """What loading changed about a file's weights, for the model report: the GGUF quantization
+    kept in memory, or the narrow floats (fp8) stored in the file and upcast as they loaded."""
+    if path.suffix == ".gguf":
+        from gguf import GGMLQuantizationType
+
+        kinds = sorted({GGMLQuantizationType(p.quant_type).name for p in module.parameters()
+                        if getattr(p, "quant_type", None) is not None})
+        kinds = [k for k in kinds if k not in ("F32", "F16", "BF16")]
+        return {"quantization": "GGUF " + ", ".join(kinds)} if kinds else {}
+    if path.is_file() and path.suffix in (".safetensors", ".sft"):
+        from engine.model_files import safetensors_header
+
+        stored = {entry["dtype"] for key, entry in safetensors_header(path).items() if key != "__metadata__"}
+        narrow = sorted(d for d in stored if d.startswith("F8"))
+        if narrow:
+            loaded = str(next(module.parameters()).dtype).removeprefix("torch.")
+            return {"upcast": f"{', '.join(narrow)} -> {loaded}"}
+    return {}
 
 
 def _upcast_state(state: dict, dtype) -> dict:
@@ -294,7 +316,8 @@ def load_text_encoders(ctx: Context, family: Literal["flux", "sd3"] = "flux",
                 enc.to(device)
             return tok, enc
 
-        tok, enc = ctx.models.get(("text_encoder", identity), load)
+        tok, enc = ctx.models.get(("text_encoder", identity), load, name=name, kind=f"text_encoder ({slot.role})",
+                                  describe=lambda parts, path=path: load_details(path, parts[1]))
         tokenizers.append(tok), encoders.append(enc), roles.append(slot.role), digests.append(identity)
     unused = [role for role, n in names.items() if n and role not in fam.roles]
     if unused:
@@ -345,4 +368,6 @@ def load_vae(ctx: Context, name: model_name("vae"),
             module.to(device)
         return module
 
-    return Vae(ctx.models.get(("vae", identity), load), identity=f"vae:{identity}", device=device, dtype=dtype)
+    module = ctx.models.get(("vae", identity), load, name=name, kind="vae",
+                            describe=lambda module: load_details(path, module))
+    return Vae(module, identity=f"vae:{identity}", device=device, dtype=dtype)

@@ -276,7 +276,8 @@ def load_checkpoint_handles(ctx: Context, name: str, config: str = "auto") -> Ch
                 module.to(device)
         return comps
 
-    comps = ctx.models.get(("checkpoint", identity), load)
+    comps = ctx.models.get(("checkpoint", identity), load, name=name, kind="checkpoint",
+                           describe=lambda comps: _checkpoint_details(path, family, comps))
     vae = Vae(comps["vae"], identity=f"vae:{identity}", device=device, dtype=dtype)
     model = DiffusionModel(comps["unet"], dict(comps["scheduler_config"]), family,
                            latent_scale=vae.scale_factor, identity=f"unet:{identity}",
@@ -284,6 +285,14 @@ def load_checkpoint_handles(ctx: Context, name: str, config: str = "auto") -> Ch
     text_encoder = TextEncoder(comps["tokenizers"], comps["encoders"], family,
                                identity=f"te:{identity}", device=device, dtype=dtype, roles=comps["roles"])
     return CheckpointOutputs(model, text_encoder, vae)
+
+
+def _checkpoint_details(path: Path, family: str, comps: dict) -> dict[str, str]:
+    """The checkpoint's family and parts, and narrow floats its single file stored (upcast on load)."""
+    from .component_loaders import load_details
+
+    return {"family": family, "parts": ", ".join(["denoiser", *comps["roles"], "vae"]),
+            **load_details(path, comps["unet"])}
 
 
 @node("load_checkpoint", category="loaders", version=1, fingerprint=_checkpoint_fingerprint)

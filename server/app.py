@@ -10,6 +10,7 @@ Endpoints (all JSON; every one but /healthz needs the token when one is set):
     WS   /v1/events[?run=ID]           the engine's events as they happen
     GET  /v1/nodes                     node catalogue with JSON Schemas
     GET  /v1/models                    models folder contents: kind, family, size, format
+    GET  /v1/models/loaded             models in memory: kind, device, dtype or quantization, bytes
     POST /v1/models/pull               download a model (token required even on loopback)
     GET  /v1/models/pulls/{id}         a pull's progress or result
     POST /v1/uploads                   upload an image for load-image nodes
@@ -37,7 +38,7 @@ from .errors import new_error_id
 from .events import EventHub, relay, send_or_close
 from .files import UploadRejected, output_content_type
 from .model_pulls import AlreadyPulling, ModelPulls, NoModelsFolder
-from .schemas import (ErrorView, Health, ModelList, NodeCatalogue, Problems, PullRequest,
+from .schemas import (ErrorView, Health, LoadedModels, ModelList, NodeCatalogue, Problems, PullRequest,
                       PullStatus, RunList, RunSummary, RunView, SubmitRequest, Submitted, Uploaded)
 from .security import WS_BEARER_PREFIX, Guard
 from .service import RunService, problems_of
@@ -236,6 +237,14 @@ def create_app(config: ServerConfig, service: RunService, hub: EventHub,
         """What the models folders hold: names by kind, and each model's family, size, format."""
         names, entries = service.models()
         return ModelList(models=names, entries=entries)
+
+    @app.get("/v1/models/loaded", response_model=LoadedModels)
+    def loaded_models():
+        """The models the worker holds in memory (least recently used first): each one's name,
+        kind, bytes per device and per dtype, and its quantization or upcast. Under Ray each
+        worker holds its own, not listed here."""
+        models = [m.to_dict() for m in service.executor.models.loaded()]
+        return LoadedModels(models=models, bytes=sum(m["bytes"] for m in models))
 
     pulls = ModelPulls(service.settings.models_dirs, service.settings.allow_pickle, hub.publish)
 

@@ -132,6 +132,21 @@ class ModelList(BaseModel):
     entries: list[ModelInfo] = Field(description="every model with its kind, family, size, format")
 
 
+class LoadedModelView(BaseModel):
+    name: str = Field(description="the file or folder it was loaded from, as the graph named it")
+    kind: str = Field(description="checkpoint, diffusion_model, text_encoder (role), vae, controlnet, ...")
+    bytes: int = Field(description="bytes it holds, all devices together")
+    devices: dict[str, int] = Field(description="device -> bytes")
+    dtypes: dict[str, int] = Field(description="tensor dtype -> bytes (quantized blocks count as uint8)")
+    details: dict[str, str] = Field(description="what its loader adds: quantization (GGUF type), upcast "
+                                                "(fp8 stored, loaded wider), family, parts")
+
+
+class LoadedModels(BaseModel):
+    models: list[LoadedModelView] = Field(description="models in the worker's memory, least recently used first")
+    bytes: int = Field(description="their bytes together")
+
+
 class PullRequest(BaseModel):
     source: str = Field(description="a hub repository id (owner/name[@revision]) or an http(s) URL")
     kind: str | None = Field(default=None, description="models folder; default from the repository")
