@@ -106,8 +106,9 @@ def model_with_controls(model: DiffusionModel, positive: Conditioning | None,
 
 
 class OnePass:
-    """A ControlNet hook limited to the positive or the negative half of the guidance batch
-    ([negatives..., positives...], as the sampler and the ControlNet hook lay it out)."""
+    """A ControlNet hook limited to the positive or the negative part of the guidance batch
+    ([negatives..., positives...], as the samplers and the ControlNet hook lay it out; a
+    flow-matching sampler says where the negatives end)."""
 
     def __init__(self, hook, positive: bool):
         self.hook = hook
@@ -119,16 +120,18 @@ class OnePass:
         extra = self.hook(model, step)
         if not extra:
             return extra
-        half = step.sample.shape[0] // 2
-        other = slice(0, half) if self.positive else slice(half, None)
+        negatives = getattr(step, "negative_rows", step.sample.shape[0] // 2)
+        other = slice(0, negatives) if self.positive else slice(negatives, None)
 
-        def only_this_pass(t):
-            t = t.clone()
+        def only_this_pass(value):
+            if isinstance(value, (list, tuple)):
+                return [only_this_pass(v) for v in value]
+            if not hasattr(value, "clone"):      # flags and absent residuals pass as they are
+                return value
+            t = value.clone()
             t[other] = 0
             return t
-        return {"down_block_additional_residuals": [only_this_pass(t) for t in
-                                                    extra["down_block_additional_residuals"]],
-                "mid_block_additional_residual": only_this_pass(extra["mid_block_additional_residual"])}
+        return {key: only_this_pass(value) for key, value in extra.items()}
 
 
 def call_node(fn, ctx, **inputs):

@@ -342,3 +342,23 @@ def test_comfy_controlnet_nodes_guide_flux_as_loom_s_do(ctx, controlnets):
     plain = run_sampler(ctx, model, pos, latent, neg, seed=9, steps=4, cfg=1.0, scheduler="euler")
     torch.testing.assert_close(comfy.samples, loom.samples)
     assert (loom.samples - plain.samples).abs().max() > 1e-3
+
+
+def test_comfy_controlnet_apply_on_the_positive_guides_only_that_pass_of_flux_true_cfg(ctx, controlnets):
+    """ControlNetApply attaches to one conditioning: with true CFG its residuals reach the
+    positive pass only (an XLabs-kind ControlNet: ControlNetApply has no vae input)."""
+    from nodes.comfy.conditioning import controlnet_apply, controlnet_apply_advanced
+    from nodes.comfy.latent_image import ksampler
+
+    model, te, vae = load_checkpoint_handles(ctx, "tiny-flux")
+    pos, neg, hint = encode_text(ctx, te, PROMPT), encode_text(ctx, te, NEGATIVE), Image(_hint(11))
+    net = load_controlnet(ctx, "tiny-flux-xlabs-cn")
+    latent = empty_latent(vae, width=64, height=64)
+
+    def sample(positive, negative):
+        return ksampler(ctx, model, seed=2, steps=3, cfg=2.5, sampler_name="euler", scheduler="simple",
+                        positive=positive, negative=negative, latent_image=latent).samples
+    positive_only = sample(controlnet_apply(pos, net, hint, strength=0.8), neg)
+    both = sample(*controlnet_apply_advanced(pos, neg, net, hint, strength=0.8))
+    plain = sample(pos, neg)
+    assert (positive_only - both).abs().max() > 1e-4 and (positive_only - plain).abs().max() > 1e-4
