@@ -95,14 +95,21 @@ def _denoiser_weights(path: Path, keys: dict, config_dir: Path):
     in Black Forest Labs' FLUX layout (diffusers' own renaming assumes the released width)."""
     from diffusers.loaders.single_file_utils import load_single_file_checkpoint
 
-    from .families._flux_layout import bfl_to_diffusers, is_bfl_layout
+    from .families._flux_layout import is_bfl_layout
 
     if not is_bfl_layout(keys):
         return str(path)
+    return bfl_renamed(load_single_file_checkpoint(str(path), local_files_only=True), config_dir, path.name)
+
+
+def bfl_renamed(state: dict, config_dir: Path, source: str) -> dict:
+    """A FLUX transformer's tensors in Black Forest Labs' layout renamed to diffusers', sized by
+    the config folder's transformer; a foreign key is refused naming it."""
+    from .families._flux_layout import bfl_to_diffusers
+
     config = json.loads((config_dir / "transformer" / "config.json").read_text())
-    state = load_single_file_checkpoint(str(path), local_files_only=True)
     try:
-        return bfl_to_diffusers(state, config["num_attention_heads"] * config["attention_head_dim"], path.name)
+        return bfl_to_diffusers(state, config["num_attention_heads"] * config["attention_head_dim"], source)
     except ValueError as exc:
         raise NodeInputError("name", str(exc)) from None
 

@@ -185,15 +185,17 @@ def _transformer_family(family_name: str) -> bool:
 
 def _load_transformer_file(ctx: Context, path: Path, family_name: str, config_dir: Path,
                            keys: dict[str, tuple], dtype: torch.dtype) -> dict:
-    """The parts of a transformer family's single file (Stability's SD3.5 layout): the denoiser
-    (model.diffusion_model.*) and VAE (first_stage_model.*) through diffusers' conversion, and
+    """The parts of a transformer family's single file (Stability's SD3.5 layout, ComfyUI's FLUX
+    checkpoints): the denoiser (model.diffusion_model.*; FLUX's renamed by Loom, see
+    families/_flux_layout.py) and VAE (first_stage_model.*) through diffusers' conversion, and
     each text encoder the file carries, picked by its role (text_encoders.<role>.transformer.*)
     rather than by its width, so that any encoder may be left out (sd3.5_large.safetensors has
     none, the *_incl_clips files no T5) and fp8 encoders are upcast as split files are."""
     import diffusers
 
-    from .component_loaders import t5_tokenizer, text_model_from_state
+    from .component_loaders import bfl_renamed, t5_tokenizer, text_model_from_state
     from .families import family
+    from .families._flux_layout import is_bfl_layout
 
     fam = family(family_name)
     state = read_state_dict(ctx.settings, path)
@@ -202,8 +204,12 @@ def _load_transformer_file(ctx: Context, path: Path, family_name: str, config_di
         prefix = f"text_encoders.{slot.role}.transformer."
         if any(k.startswith(prefix) for k in keys):
             encoders[slot.role] = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+    denoiser_state = state
+    if is_bfl_layout(keys):
+        denoiser_state = bfl_renamed({k: state.pop(k) for k in list(state) if k.startswith("model.diffusion_model.")},
+                                     config_dir, path.name)
     kw = dict(config=str(config_dir), local_files_only=True, torch_dtype=dtype)
-    denoiser = getattr(diffusers, fam.denoiser[1]).from_single_file(state, subfolder=fam.denoiser[0], **kw)
+    denoiser = getattr(diffusers, fam.denoiser[1]).from_single_file(denoiser_state, subfolder=fam.denoiser[0], **kw)
     vae = diffusers.AutoencoderKL.from_single_file(state, subfolder="vae", **kw)
     comps = {"unet": denoiser, "vae": vae, "tokenizers": [], "encoders": [], "roles": [],
              "scheduler_config": json.loads((config_dir / "scheduler" / "scheduler_config.json").read_text())}

@@ -164,21 +164,28 @@ def sd3_files(models_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def flux_files(models_dir: Path) -> dict[str, str]:
-    """The tiny FLUX transformer as BFL-layout files: bare, under model.diffusion_model., and GGUF."""
-    from diffusers import FluxTransformer2DModel
+    """The tiny FLUX transformer as BFL-layout files: bare, under model.diffusion_model., and GGUF,
+    and the whole model as one checkpoint in ComfyUI's layout (flux1-dev-fp8.safetensors-style:
+    the transformer, first_stage_model.*, text_encoders.clip_l/t5xxl.transformer.*)."""
+    from diffusers import FluxPipeline
     from safetensors.torch import save_file
 
-    from tools.make_tiny_model import write_gguf
+    from tools.make_tiny_model import _vae_to_ldm, write_gguf
 
-    transformer = FluxTransformer2DModel.from_pretrained(models_dir / "checkpoints" / "tiny-flux",
-                                                         subfolder="transformer")
-    bfl = flux_to_bfl(transformer.state_dict())
+    pipe = FluxPipeline.from_pretrained(models_dir / "checkpoints" / "tiny-flux", local_files_only=True)
+    bfl = flux_to_bfl(pipe.transformer.state_dict())
     folder = models_dir / "diffusion_models"
     files = {"bare": "tiny-flux1-dev.safetensors", "comfy": "tiny-flux1-dev-comfy.safetensors",
              "gguf": "tiny-flux1-dev-Q8_0.gguf"}
     save_file(bfl, str(folder / files["bare"]))
     save_file({f"model.diffusion_model.{k}": v for k, v in bfl.items()}, str(folder / files["comfy"]))
     write_gguf(bfl, folder / files["gguf"])
+    whole = {f"model.diffusion_model.{k}": v for k, v in bfl.items()}
+    whole.update(_vae_to_ldm(pipe.vae))
+    for role, encoder in (("clip_l", pipe.text_encoder), ("t5xxl", pipe.text_encoder_2)):
+        whole.update({f"text_encoders.{role}.transformer.{k}": v for k, v in encoder.state_dict().items()})
+    files["checkpoint"] = "tiny-flux1-dev-checkpoint.safetensors"
+    save_file({k: v.clone().contiguous() for k, v in whole.items()}, str(models_dir / "checkpoints" / files["checkpoint"]))
     return files
 
 
@@ -323,6 +330,13 @@ def test_flux_bfl_transformer_with_split_files_gives_the_folder_image(ctx, flux_
                             t5xxl="tiny-flux-t5xxl.safetensors", config="tiny-flux")
     vae = load_vae(ctx, "tiny-flux-ae.safetensors", config="tiny-flux")
     assert model.family == "flux"
+    torch.testing.assert_close(_flux_image(ctx, model, te, vae), folder, atol=1e-5, rtol=1e-5)
+
+
+def test_flux_checkpoint_in_comfyui_layout_gives_the_folder_image(ctx, flux_files):
+    folder = _flux_image(ctx, *load_checkpoint_handles(ctx, "tiny-flux"))
+    model, te, vae = load_checkpoint_handles(ctx, flux_files["checkpoint"], config="tiny-flux")
+    assert model.family == "flux" and te.roles == ["clip_l", "t5xxl"]
     torch.testing.assert_close(_flux_image(ctx, model, te, vae), folder, atol=1e-5, rtol=1e-5)
 
 
