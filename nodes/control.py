@@ -89,6 +89,10 @@ def load_controlnet_model(ctx: Context, path: Path, config: str = "auto"):
             raise NodeInputError("name", f"{path.name} does not fit its config: missing {missing[:3]}, "
                                          f"unexpected {unexpected[:3]}")
         return model.to(dtype)
+    if any(k.startswith(("double_blocks.", "single_blocks.", "joint_blocks.", "transformer_blocks.")) for k in state):
+        raise NodeInputError("name", f"{path.name} is a transformer ControlNet in its maker's own key layout "
+                                     "(XLabs', Stability's); Loom reads SD3 and FLUX ControlNets in diffusers' "
+                                     "layout: a folder, or a .safetensors with its config beside it")
     # original (ldm) key layout: diffusers converts it given a local config
     return diffusers.ControlNetModel.from_single_file(
         str(path), config=str(cfg_path if cfg_path.is_dir() else cfg_path.parent), local_files_only=True,

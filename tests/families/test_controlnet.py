@@ -87,6 +87,14 @@ def controlnets(models_dir):
     save_file(flux.state_dict(), str(folder / "tiny-flux-cn-single.safetensors"))
     (folder / "tiny-flux-cn-single.json").write_text(json.dumps({k: v for k, v in flux.config.items()
                                                                  if not k.startswith("_")}))
+    sd3 = _sd3_controlnet(1)
+    save_file(sd3.state_dict(), str(folder / "tiny-sd3-cn-single.safetensors"))
+    (folder / "tiny-sd3-cn-single.json").write_text(json.dumps({k: v for k, v in sd3.config.items()
+                                                                if not k.startswith("_")}))
+    # XLabs' own layout (not diffusers'): refused by name, with what Loom reads instead
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(2, 2), "pos_embed_input.weight": torch.zeros(2, 2)},
+              str(folder / "xlabs-layout.safetensors"))
+    (folder / "xlabs-layout.json").write_text("{}")
     torch.manual_seed(6)
     ControlNetModel(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                     cross_attention_dim=32, layers_per_block=1, norm_num_groups=8,
@@ -252,13 +260,19 @@ def test_xlabs_kind_flux_controlnet_reads_pixels_and_matches_the_pipeline(ctx, c
 def test_loader_tells_the_kinds_apart(ctx, controlnets):
     from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
 
-    kinds = {name: load_controlnet(ctx, name) for name in ("tiny-sd3-cn", "tiny-sd35-large-cn", "tiny-flux-cn",
-                                                           "tiny-flux-cn-single.safetensors", "tiny-unet-cn")}
+    kinds = {name: load_controlnet(ctx, name) for name in (
+        "tiny-sd3-cn", "tiny-sd3-cn-single.safetensors", "tiny-sd35-large-cn", "tiny-flux-cn",
+        "tiny-flux-cn-single.safetensors", "tiny-unet-cn")}
     assert [(c.family, type(c.model)) for c in kinds.values()] == [
-        ("sd3", SD3ControlNetModel), ("sd3", SD3ControlNetModel), ("flux", FluxControlNetModel),
-        ("flux", FluxControlNetModel), (None, ControlNetModel)]
-    a, b = kinds["tiny-flux-cn"].model.state_dict(), kinds["tiny-flux-cn-single.safetensors"].model.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        ("sd3", SD3ControlNetModel), ("sd3", SD3ControlNetModel), ("sd3", SD3ControlNetModel),
+        ("flux", FluxControlNetModel), ("flux", FluxControlNetModel), (None, ControlNetModel)]
+    for folder, single in (("tiny-sd3-cn", "tiny-sd3-cn-single.safetensors"),
+                           ("tiny-flux-cn", "tiny-flux-cn-single.safetensors")):
+        a, b = kinds[folder].model.state_dict(), kinds[single].model.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(NodeInputError) as err:
+        load_controlnet(ctx, "xlabs-layout.safetensors")
+    assert err.value.input == "name" and "xlabs-layout.safetensors" in str(err.value) and "diffusers" in str(err.value)
 
 
 @settings(max_examples=40, deadline=None)
