@@ -5,7 +5,7 @@ import random
 from pathlib import Path
 from typing import Annotated, NamedTuple
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 import nodes.flow
 import nodes.primitives
@@ -73,6 +73,19 @@ def check_at_least(value: float, threshold: float) -> bool:
     return value >= threshold
 
 
+class Verdict(BaseModel):
+    """A check result in the shape of a quality report: passed, and a reason per missed threshold."""
+
+    passed: bool
+    reasons: list[str]
+
+
+@node("check_near", category="test")
+def check_near(value: float, target: float) -> Verdict:
+    """Passes only at exactly `target`; one more reason per 10 away (10 from 35 misses 3, 30 misses 1)."""
+    return Verdict(passed=value == target, reasons=["off"] * (1 + int(abs(value - target)) // 10))
+
+
 @node("big", category="test")
 def big(size: int) -> bytes:
     """A value of `size` bytes, for cache-budget tests."""
@@ -83,7 +96,7 @@ def registry() -> Registry:
     r = Registry()
     for module in (nodes.primitives, nodes.flow):
         r.load_module(module)
-    for fn in (fail, slow, split, read_text, read_input, noise, check_at_least, big):
+    for fn in (fail, slow, split, read_text, read_input, noise, check_at_least, check_near, big):
         r.register(fn)
     return r
 

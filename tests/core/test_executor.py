@@ -208,6 +208,21 @@ def test_retry_gives_up_after_max_tries(executor, registry):
         executor.run(g.build())
 
 
+def test_retry_keeps_the_try_that_missed_least_when_none_passes(executor, registry):
+    g = GraphBuilder(registry)
+    seed = g.add("int", node_id="seed", value=0)
+    value = g.add("multiply", node_id="value", a=seed, b=10.0)
+    check = g.add("check_near", node_id="check", value=value, target=35.0)   # tries 10..50 never pass
+    loop = g.add("retry", node_id="loop", value=value, check=check,
+                 vary={"node": "seed", "input": "value"}, start=1, max_tries=5)
+    g.add("show", node_id="out", value=loop.out("value"))
+    assert executor.run(g.build()).outputs["out"]["value"] == 50.0            # keep="last", the default
+    g.set("loop", "keep", "best")
+    result = executor.run(g.build())
+    assert result.outputs["out"]["value"] == 30.0   # misses 3, 2, 1, 1, 2: the first of the fewest
+    assert result.ran == ["loop", "out"]            # every try was cached; only the choice changed
+
+
 def test_memory_budget_evicts_least_recently_used_but_not_pinned(registry):
     memory = MemoryCache(budget_bytes=25_000)
     executor = Executor(registry=registry, cache=Cache(memory))
