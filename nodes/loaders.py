@@ -198,6 +198,11 @@ def _load_transformer_file(ctx: Context, path: Path, family_name: str, config_di
     from .families._flux_layout import is_bfl_layout
 
     fam = family(family_name)
+    if not any(k.startswith("first_stage_model.") for k in keys):
+        raise NodeInputError("name", f"{path.name} holds no VAE (first_stage_model.*), so it is not a whole "
+                                     f"{fam.label} checkpoint: put a transformer-only file in "
+                                     "models/diffusion_models and load it with load_diffusion_model, its text "
+                                     "encoders with load_text_encoders and its VAE with load_vae")
     state = read_state_dict(ctx.settings, path)
     encoders = {}
     for slot in fam.text:

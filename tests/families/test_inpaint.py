@@ -69,7 +69,7 @@ def _hole(latents):
 
 
 @pytest.mark.parametrize("strength, how", [(1.0, "vae_encode_inpaint"), (0.75, "set_latent_noise_mask"),
-                                           (0.5, "vae_encode_inpaint")])
+                                           (0.6, "vae_encode_inpaint")])   # 8 x 0.6: 5 steps, as the pipeline rounds
 def test_sd3_inpainting_matches_the_inpaint_pipeline(ctx, strength, how):
     from diffusers import StableDiffusion3InpaintPipeline
 
@@ -86,7 +86,7 @@ def test_sd3_inpainting_matches_the_inpaint_pipeline(ctx, strength, how):
     assert _hole(out.samples - latent.samples).abs().mean() > 0.05, "the hole must be repainted"
 
 
-@pytest.mark.parametrize("strength, how", [(1.0, "vae_encode_inpaint"), (0.75, "set_latent_noise_mask")])
+@pytest.mark.parametrize("strength, how", [(1.0, "vae_encode_inpaint"), (0.6, "set_latent_noise_mask")])
 def test_flux_inpainting_matches_the_inpaint_pipeline(ctx, strength, how):
     from diffusers import FluxInpaintPipeline
 

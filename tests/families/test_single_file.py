@@ -362,3 +362,13 @@ def test_a_foreign_key_in_a_bfl_file_is_named(ctx, models_dir, flux_files):
     save_file(state, str(models_dir / "diffusion_models" / "tiny-flux-foreign.safetensors"))
     with pytest.raises(NodeInputError, match="double_blocks.0.img_attn.extra.weight"):
         load_denoiser(ctx, "tiny-flux-foreign.safetensors", config="tiny-flux")
+
+
+def test_a_transformer_only_file_among_checkpoints_says_where_it_belongs(ctx, models_dir, flux_files):
+    import shutil
+
+    from engine.errors import NodeInputError
+
+    shutil.copy(models_dir / "diffusion_models" / flux_files["bare"], models_dir / "checkpoints" / "tiny-flux-dit.safetensors")
+    with pytest.raises(NodeInputError, match="holds no VAE.*load_diffusion_model"):
+        load_checkpoint_handles(ctx, "tiny-flux-dit.safetensors", config="tiny-flux")
