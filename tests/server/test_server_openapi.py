@@ -42,7 +42,7 @@ def test_openapi_lists_every_endpoint(tmp_path):
         ("/v1/runs", "post"), ("/v1/runs", "get"), ("/v1/runs/{run_id}", "get"),
         ("/v1/runs/{run_id}/cancel", "post"), ("/v1/runs/{run_id}/outputs/{name}", "get"),
         ("/v1/nodes", "get"), ("/v1/models", "get"), ("/v1/uploads", "post"), ("/healthz", "get"),
-        ("/v1/models/pull", "post"), ("/v1/models/pulls/{pull_id}", "get"),
+        ("/v1/models/pull", "post"), ("/v1/models/pulls/{pull_id}", "get"), ("/v1/models/loaded", "get"),
     }
     submit = spec["paths"]["/v1/runs"]["post"]
     assert {"202", "200", "409", "422"} <= set(submit["responses"])
