@@ -337,20 +337,24 @@ def load_text_encoders(ctx: Context, family: Literal["flux", "sd3"] = "flux",
 # VAE
 # ---------------------------------------------------------------------------
 
-def _vae_config(keys: dict[str, tuple]) -> str:
-    """The shipped config of a standalone VAE file: 16 latent channels is FLUX's ae, 4 is SD's."""
+def _vae_config(keys: dict[str, tuple], file_name: str) -> str:
+    """The shipped config of a standalone VAE file: 16 latent channels is FLUX's ae, 4 is SD's,
+    SDXL's when the name says xl (the weights' layout is the same; only the latent scale differs)."""
     conv_out = next((v for k, v in keys.items() if k.endswith("encoder.conv_out.weight")), None)
-    return "flux-dev" if conv_out and conv_out[0] == 32 else "sd15"
+    if conv_out and conv_out[0] == 32:
+        return "flux-dev"
+    return "sdxl-base" if "xl" in file_name.lower() else "sd15"
 
 
 @node("load_vae", category="loaders", version=1,
       fingerprint=lambda name, config="auto", *, settings, **_: fingerprint_model(settings, "vae", name) + f"|{config}")
 def load_vae(ctx: Context, name: model_name("vae"),
              config: Annotated[str, Field(description="config folder whose vae/ describes the file: 'auto' "
-                                                      "picks flux-dev for 16 latent channels, sd15 for 4")] = "auto"
+                                                      "picks flux-dev for 16 latent channels, sd15 for 4 "
+                                                      "(sdxl-base when the file's name says xl)")] = "auto"
              ) -> Vae:
-    """Load a VAE on its own from models/vae (FLUX's ae.safetensors, an SD VAE file, or a
-    diffusers VAE folder); its latent scaling and shift come from its config."""
+    """Load a VAE on its own from models/vae (FLUX's ae.safetensors, an SD VAE file, a diffusers
+    VAE folder or a pipeline folder's vae/); its latent scaling and shift come from its config."""
     from diffusers import AutoencoderKL
 
     path = resolve_model(ctx, "vae", name)
@@ -359,14 +363,16 @@ def load_vae(ctx: Context, name: model_name("vae"),
     if path.is_dir():
         config_dir = None
     elif config == "auto":
-        config_dir = CONFIGS_DIR / _vae_config(single_file_keys(path, ctx.settings))
+        config_dir = CONFIGS_DIR / _vae_config(single_file_keys(path, ctx.settings), path.name)
     else:
         config_dir = CONFIGS_DIR / config if (CONFIGS_DIR / config).is_dir() else resolve_model(ctx, "configs", config, "config")
     identity = f"{file_digest(path)}|{config_dir.name if config_dir else ''}|{device}|{dtype}"
 
     def load():
         if config_dir is None:
-            module = AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+            subfolder = "vae" if (path / "vae" / "config.json").is_file() else None
+            module = AutoencoderKL.from_pretrained(path, subfolder=subfolder, local_files_only=True,
+                                                   torch_dtype=dtype)
         else:
             module = AutoencoderKL.from_single_file(str(path), config=str(config_dir), subfolder="vae",
                                                     local_files_only=True, torch_dtype=dtype)

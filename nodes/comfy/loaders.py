@@ -57,30 +57,14 @@ def checkpoint_loader(ctx: Context, config_name: str, ckpt_name: model_name("che
 
 @node("VAELoader", category="comfy/loaders", fingerprint=_model_fingerprint("vae", "vae_name"))
 def vae_loader(ctx: Context, vae_name: model_name("vae")) -> Vae:
-    """Load a VAE from models/vae: a diffusers AutoencoderKL folder, or a single .safetensors
-    file (SD 1.x layout; SDXL's when its name says xl)."""
-    from .._common import torch_dtype
+    """Load a VAE from models/vae (Loom's load_vae): a diffusers folder, or a single file whose
+    config follows from its latent channels (FLUX's ae; SD's, or SDXL's when the name says xl)."""
+    from ..component_loaders import load_vae
 
-    path = resolve_model(ctx, "vae", vae_name, "vae_name")
-    refuse_pickle(ctx.settings, path, "vae_name")
-    device, dtype = ctx.settings.device, torch_dtype(ctx.settings)
-    identity = f"{fingerprint_model(ctx.settings, 'vae', str(path.name))}|{device}|{dtype}"
-    module = ctx.models.get(("vae", identity), lambda: _load_vae(path, dtype).eval().requires_grad_(False).to(device))
-    return Vae(module, identity=f"vae:{identity}", device=device, dtype=dtype)
-
-
-def _load_vae(path, dtype):
-    import diffusers
-
-    if path.is_dir():
-        sub = "vae" if (path / "vae" / "config.json").is_file() else None
-        return diffusers.AutoencoderKL.from_pretrained(path, subfolder=sub, local_files_only=True,
-                                                       torch_dtype=dtype)
-    from ..loaders import CONFIGS_DIR
-
-    family = "sdxl-base" if "xl" in path.name.lower() else "sd15"
-    return diffusers.AutoencoderKL.from_single_file(str(path), config=str(CONFIGS_DIR / family / "vae"),
-                                                    local_files_only=True, torch_dtype=dtype)
+    try:
+        return load_vae(ctx, vae_name)
+    except NodeInputError as exc:   # name the input as this class type calls it
+        raise NodeInputError("vae_name" if exc.input == "name" else exc.input, exc.message) from None
 
 
 class LoraOutputs(NamedTuple):

@@ -219,6 +219,32 @@ def test_vae_loader_reads_a_vae_folder_named_as_a_file(registry, settings_factor
     assert (_pixels(outputs["9"]["files"][0]) == _pixels(outputs["12"]["files"][0])).all()
 
 
+def test_vae_loader_takes_a_pipeline_folders_vae(registry, settings_factory, models_dir, tmp_path):
+    """A whole diffusers pipeline folder in models/vae: its vae/ is the VAE."""
+    import shutil
+
+    extra = tmp_path / "models"
+    shutil.copytree(models_dir / "checkpoints" / "shapes-tiny", extra / "vae" / "shapes-pipeline")
+    executor = Executor(registry=registry, settings=settings_factory(models_dirs=[extra, models_dir]))
+    prompt = json.loads((WORKFLOWS / "txt2img.api.json").read_text())
+    prompt["3"]["inputs"]["steps"] = 2
+    prompt["10"] = {"class_type": "VAELoader", "inputs": {"vae_name": "shapes-pipeline"}}
+    prompt["11"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["10", 0]}}
+    prompt["12"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "own_vae"}}
+    outputs = executor.run(read_document(Document.from_value(prompt), registry)[0]).outputs
+    assert (_pixels(outputs["9"]["files"][0]) == _pixels(outputs["12"]["files"][0])).all()
+
+
+@pytest.mark.parametrize("file_name, latent_channels, config", [
+    ("ae.safetensors", 16, "flux-dev"), ("sdxl_vae.safetensors", 4, "sdxl-base"),
+    ("vae-ft-mse-840000.safetensors", 4, "sd15")])
+def test_a_single_vae_files_config_follows_its_channels_and_name(file_name, latent_channels, config):
+    """SD and SDXL VAE files share a layout; only SDXL's latent scale differs, so the name decides."""
+    from nodes.component_loaders import _vae_config
+
+    assert _vae_config({"encoder.conv_out.weight": (2 * latent_channels, 512, 3, 3)}, file_name) == config
+
+
 def test_schema_1_link_objects_read_like_link_arrays(registry):
     """The editor's newer schema writes links as objects; the graph is the same."""
     from nodes.comfy import read_ui_workflow
