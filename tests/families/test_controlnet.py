@@ -117,7 +117,7 @@ def _hint(seed: int) -> torch.Tensor:
 def _pil(hint: torch.Tensor):
     from PIL import Image as PILImage
 
-    return PILImage.fromarray((hint[0].numpy() * 255).astype(np.uint8))
+    return PILImage.fromarray((hint[0].numpy() * 255).round().astype(np.uint8))
 
 
 def _generators(seed, batch=1):
@@ -232,6 +232,33 @@ def test_flux_controlnet_with_true_cfg_matches_the_pipeline(ctx, controlnets, va
     ours = _ours(ctx, "tiny-flux", nets, seed=6, steps=4, cfg=2.5, negative=NEGATIVE, guidance=3.5, batch=batch)
     theirs = _flux_pipeline(ctx, nets, seed=6, steps=4, guidance=3.5, negative=NEGATIVE, true_cfg=2.5, batch=batch)
     assert ours.shape == (batch, 64, 64, 3)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_flux_controlnet_on_img2img_matches_the_img2img_pipeline(ctx, controlnets, vae_mode):
+    """The ControlNet hook composes with image to image: FluxControlNetImg2ImgPipeline, its window
+    counted over the steps run (8 at 0.6: 5)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlNetImg2ImgPipeline
+
+    from nodes.vae import vae_encode
+
+    model, te, vae = load_checkpoint_handles(ctx, "tiny-flux")
+    pixels = (torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1)) * 255).round() / 255
+    hint, net = _hint(12), load_controlnet(ctx, "tiny-flux-cn")
+    patched = apply_controlnet(model, net, Image(hint), 0.8, 0.2, 0.8, vae=vae)
+    out = run_sampler(ctx, patched, encode_text(ctx, te, PROMPT), vae_encode(ctx, vae, Image(pixels)), seed=3, steps=8,
+                      cfg=1.0, scheduler="euler", denoise=0.6, guidance=3.5)
+    ours = vae_decode(ctx, vae, out).pixels
+    pipe = FluxControlNetImg2ImgPipeline(
+        transformer=model.unet, vae=vae.vae, controlnet=net.model,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
+        text_encoder=te.encoders[0], tokenizer=te.tokenizers[0], text_encoder_2=te.encoders[1],
+        tokenizer_2=te.tokenizers[1])
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(PROMPT, image=_pil(pixels), control_image=_pil(hint), strength=0.6, num_inference_steps=8,
+                  guidance_scale=3.5, controlnet_conditioning_scale=0.8, control_guidance_start=0.2,
+                  control_guidance_end=0.8, height=64, width=64, generator=_generators(3),
+                  output_type="pt").images.permute(0, 2, 3, 1)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
