@@ -47,7 +47,8 @@ def encode(ctx, text_encoder, text: str, t5_text: str | None = None):
     clip, t5 = text_encoder.encoder_for("clip_l"), text_encoder.encoder_for("t5xxl")
     for role, pair in (("clip_l", clip), ("t5xxl", t5)):
         if pair is None:
-            raise NodeInputError("text_encoder", f"this text encoder has no {role} model, which FLUX needs")
+            raise NodeInputError("text_encoder", f"this text encoder has no {role} model, which FLUX needs "
+                                                 "(load clip_l and t5xxl with load_text_encoders)")
     activate_text_encoders(text_encoder)
     with on_device(ctx, *text_encoder.encoders), torch.no_grad():
         tokenizer, encoder = clip

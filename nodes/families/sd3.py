@@ -83,7 +83,8 @@ def encode_t5(tokenizer, encoder, fragments: list[tuple[str, float]], max_length
 def _missing(role: str):
     from engine.errors import NodeInputError
 
-    return NodeInputError("text_encoder", f"this text encoder has no {role} model, which SD3 needs")
+    return NodeInputError("text_encoder", f"this text encoder has no {role} model, which SD3 needs (a checkpoint "
+                                          "without its text encoders: load them with load_text_encoders)")
 
 
 def predict(model, latents, timestep, embeds, pooled, guidance, block_controlnet_hidden_states=None):

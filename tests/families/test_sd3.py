@@ -60,3 +60,14 @@ def test_sd3_encoding_matches_the_pipeline_prompt_embeddings(ctx):
     embeds, _, pooled, _ = _pipeline(handles).encode_prompt(PROMPT, PROMPT, PROMPT, do_classifier_free_guidance=False)
     torch.testing.assert_close(cond.embeds, embeds, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cond.pooled, pooled, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_checkpoint_without_text_encoders_says_where_to_load_them(ctx, family):
+    from engine.errors import NodeInputError
+    from nodes.types import TextEncoder
+
+    empty = TextEncoder(tokenizers=[], encoders=[], family=family, identity="transformer-only", roles=[])
+    with pytest.raises(NodeInputError) as err:
+        encode_text(ctx, empty, PROMPT)
+    assert err.value.input == "text_encoder" and "clip_l" in str(err.value) and "load_text_encoders" in str(err.value)
