@@ -403,3 +403,19 @@ def test_comfy_controlnet_apply_on_the_positive_guides_only_that_pass_of_flux_tr
     both = sample(*controlnet_apply_advanced(pos, neg, net, hint, strength=0.8))
     plain = sample(pos, neg)
     assert (positive_only - both).abs().max() > 1e-4 and (positive_only - plain).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("checkpoint, controlnet", [("tiny-sd3", "tiny-sd35-large-cn"), ("tiny-flux", "tiny-flux-cn")])
+def test_controlnets_run_in_bfloat16(settings_factory, shared_models, controlnets, checkpoint, controlnet):
+    """Half precision, as these models run on GPUs: every tensor the hook builds follows the models' dtype."""
+    from engine import CancelToken, Context, Graph
+
+    ctx = Context("t", "t", "t", settings_factory(dtype="bfloat16"), shared_models, Graph(), {}, CancelToken(),
+                  lambda e: None)
+    model, te, vae = load_checkpoint_handles(ctx, checkpoint)
+    assert model.unet.dtype == torch.bfloat16
+    patched = apply_controlnet(model, load_controlnet(ctx, controlnet), Image(_hint(13)), 0.8, vae=vae)
+    pos, neg = encode_text(ctx, te, PROMPT), encode_text(ctx, te, NEGATIVE)
+    out = run_sampler(ctx, patched, pos, empty_latent(vae, width=64, height=64), neg, seed=1, steps=2, cfg=3.0,
+                      scheduler="euler")
+    assert out.samples.shape == (1, 16, 16, 16) and out.samples.isfinite().all()
