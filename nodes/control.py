@@ -141,10 +141,10 @@ class ControlNetHook:
         i, n = step.step_index, step.total_steps
         return not (i / n < self.start or (i + 1) / n > self.end)
 
-    def pixels_at(self, model: DiffusionModel, step: StepInfo) -> torch.Tensor:
-        """The hint at the sampled image size."""
+    def pixels_at(self, model: DiffusionModel, step: StepInfo, scale: int | None = None) -> torch.Tensor:
+        """The hint at the sampled image size (latent size x `scale`, by default the model's)."""
         import torch.nn.functional as F
-        h, w = (s * model.latent_scale for s in step.sample.shape[-2:])
+        h, w = (s * (scale or model.latent_scale) for s in step.sample.shape[-2:])
         hint = self.hint
         if hint.shape[-2:] != (h, w):
             hint = F.interpolate(hint, size=(h, w), mode="bilinear", align_corners=False)
@@ -163,12 +163,15 @@ class ControlNetHook:
         return hint.to(device=model.device, dtype=self.controlnet.model.dtype)
 
     def family_residuals(self, model: DiffusionModel, step) -> dict:
-        """A family's own ControlNet: the hint encoded once per sampled size, the family's call."""
+        """A family's own ControlNet: the hint encoded once per sampled size, the family's call.
+        The VAE that encodes the hint knows its pixel size best (a transformer loaded on its own
+        has only the family's usual factor)."""
         support = family(self.controlnet.family).controlnet
         size = tuple(step.sample.shape[-2:])
         if size not in self._encoded:
+            scale = self.vae.scale_factor if self.vae is not None else None
             self._encoded[size] = support.function("hint")(step.ctx, self.vae, self.controlnet.model,
-                                                           self.pixels_at(model, step))
+                                                           self.pixels_at(model, step, scale))
         return support.function("residuals")(model, self.controlnet.model, self._encoded[size], self.strength,
                                               self.mode, step)
 

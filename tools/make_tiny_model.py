@@ -246,6 +246,44 @@ def make_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
     return pipe
 
 
+def _randomise_zero_layers(net, seed: int):
+    """A fresh ControlNet's output layers are zero (no effect until trained): give them weights."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return net.eval()
+
+
+def make_sd3_controlnet(seed: int = 0, **config):
+    """A tiny SD3ControlNetModel shaped for make_sd3_pipeline's transformer, its zero-initialised
+    output layers random so it visibly steers. By default InstantX's kind (own patch embedding,
+    text attention, zero pooled projection, unshifted hint latents); use_pos_embed=False,
+    joint_attention_dim=None, force_zeros_for_pooled_projection=False make SD3.5 Large's kind."""
+    from diffusers import SD3ControlNetModel
+
+    torch.manual_seed(seed)
+    base = dict(sample_size=16, patch_size=2, in_channels=16, num_layers=1, attention_head_dim=8,
+                num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+                out_channels=16, pos_embed_max_size=16)
+    return _randomise_zero_layers(SD3ControlNetModel(**{**base, **config}), seed)
+
+
+def make_flux_controlnet(seed: int = 0, **config):
+    """A tiny FluxControlNetModel shaped for make_flux_pipeline's transformer (with its own guidance
+    embedding), its zero-initialised output layers random so it visibly steers. By default
+    InstantX's kind (packed VAE latents of the hint); num_mode makes a union ControlNet,
+    conditioning_embedding_channels an XLabs-style one (a hint block reading pixels)."""
+    from diffusers import FluxControlNetModel
+
+    torch.manual_seed(seed)
+    base = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
+                axes_dims_rope=(4, 6, 6))
+    return _randomise_zero_layers(FluxControlNetModel(**{**base, **config}), seed)
+
+
 def write_lora(unet, folder: Path, weight_name: str, rank: int = 4, seed: int | None = None) -> Path:
     """A LoRA on the UNet's attention projections (the modules an LCM-LoRA adapts), in diffusers'
     key layout, loadable with peft / load_lora_weights. seed=None leaves peft's initialisation
@@ -440,6 +478,8 @@ def main() -> None:
     ap.add_argument("--flux", action="store_true",
                     help="tiny FLUX-shaped parts in ComfyUI's layout: diffusion_models/NAME, "
                          "text_encoders/NAME-clip_l and NAME-t5xxl, vae/NAME-ae (folders)")
+    ap.add_argument("--flux-controlnet", action="store_true",
+                    help="instead: a tiny FLUX ControlNet (diffusers folder) in controlnet/NAME")
     ap.add_argument("--sdxl-refiner", metavar="NAME",
                     help="with --sdxl: also write a refiner folder NAME sharing the base's VAE")
     ap.add_argument("--fp16", action="store_true", help="save the weights in float16")
@@ -456,6 +496,11 @@ def main() -> None:
         print(f"wrote {write_lora(unet, Path(args.models) / 'loras', args.name + '.safetensors')}")
         return
     models = Path(args.models)
+    if args.flux_controlnet:
+        net = make_flux_controlnet(args.seed)
+        (net.to(torch.float16) if args.fp16 else net).save_pretrained(models / "controlnet" / args.name)
+        print(f"wrote {models / 'controlnet' / args.name}")
+        return
     if args.sd3 or args.flux:
         write_flow_model(models, args.name, args.seed, flux=args.flux, fp16=args.fp16)
         return

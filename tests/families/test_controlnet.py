@@ -25,43 +25,10 @@ from nodes.sampling import run_sampler
 from nodes.text import encode_text
 from nodes.types import Image
 from nodes.vae import vae_decode
+from tools.make_tiny_model import make_flux_controlnet, make_sd3_controlnet
 
 PROMPT = "a red circle on a blue background"
 NEGATIVE = "a green square"
-
-
-def _randomise_zero_layers(net, seed: int):
-    """A fresh ControlNet's output layers are zero (no effect until trained): give them weights."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return net.eval()
-
-
-def _sd3_controlnet(seed: int, **config):
-    """Shaped for make_sd3_pipeline's transformer; by default InstantX's kind (own patch embedding,
-    text attention, zero pooled projection, unshifted hint latents)."""
-    from diffusers import SD3ControlNetModel
-
-    torch.manual_seed(seed)
-    base = dict(sample_size=16, patch_size=2, in_channels=16, num_layers=1, attention_head_dim=8,
-                num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
-                out_channels=16, pos_embed_max_size=16)
-    return _randomise_zero_layers(SD3ControlNetModel(**{**base, **config}), seed)
-
-
-def _flux_controlnet(seed: int, **config):
-    """Shaped for make_flux_pipeline's transformer, with its own guidance embedding; by default
-    InstantX's kind (VAE latents of the hint, packed)."""
-    from diffusers import FluxControlNetModel
-
-    torch.manual_seed(seed)
-    base = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-                num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
-                axes_dims_rope=(4, 6, 6))
-    return _randomise_zero_layers(FluxControlNetModel(**{**base, **config}), seed)
 
 
 @pytest.fixture(scope="session")
@@ -73,21 +40,21 @@ def controlnets(models_dir):
     from safetensors.torch import save_file
 
     folder = models_dir / "controlnet"
-    _sd3_controlnet(1).save_pretrained(folder / "tiny-sd3-cn")
-    _sd3_controlnet(2).save_pretrained(folder / "tiny-sd3-cn-2")
-    _sd3_controlnet(3, use_pos_embed=False, joint_attention_dim=None, pos_embed_type=None,
+    make_sd3_controlnet(1).save_pretrained(folder / "tiny-sd3-cn")
+    make_sd3_controlnet(2).save_pretrained(folder / "tiny-sd3-cn-2")
+    make_sd3_controlnet(3, use_pos_embed=False, joint_attention_dim=None, pos_embed_type=None,
                     force_zeros_for_pooled_projection=False).save_pretrained(folder / "tiny-sd35-large-cn")
-    flux = _flux_controlnet(4)
+    flux = make_flux_controlnet(4)
     flux.save_pretrained(folder / "tiny-flux-cn")
-    _flux_controlnet(5).save_pretrained(folder / "tiny-flux-cn-2")
-    _flux_controlnet(7, num_mode=3).save_pretrained(folder / "tiny-flux-union-cn")
+    make_flux_controlnet(5).save_pretrained(folder / "tiny-flux-cn-2")
+    make_flux_controlnet(7, num_mode=3).save_pretrained(folder / "tiny-flux-union-cn")
     # XLabs' kind: a hint block reads the pixels down to the packed tokens' grid (8x here, as the
     # tiny VAE's 4x latents are packed 2x2)
-    _flux_controlnet(8, conditioning_embedding_channels=64).save_pretrained(folder / "tiny-flux-xlabs-cn")
+    make_flux_controlnet(8, conditioning_embedding_channels=64).save_pretrained(folder / "tiny-flux-xlabs-cn")
     save_file(flux.state_dict(), str(folder / "tiny-flux-cn-single.safetensors"))
     (folder / "tiny-flux-cn-single.json").write_text(json.dumps({k: v for k, v in flux.config.items()
                                                                  if not k.startswith("_")}))
-    sd3 = _sd3_controlnet(1)
+    sd3 = make_sd3_controlnet(1)
     save_file(sd3.state_dict(), str(folder / "tiny-sd3-cn-single.safetensors"))
     (folder / "tiny-sd3-cn-single.json").write_text(json.dumps({k: v for k, v in sd3.config.items()
                                                                 if not k.startswith("_")}))
@@ -336,32 +303,6 @@ def test_a_controlnet_of_another_family_is_refused_naming_the_input(ctx, control
     with pytest.raises(NodeInputError) as err:
         apply_controlnet(sd3, load_controlnet(ctx, "tiny-flux-cn"), hint, vae=sd3_vae)
     assert err.value.input == "controlnet" and "Stable Diffusion 3.5" in str(err.value)
-
-
-def _graph(strength: float):
-    from engine import Graph
-
-    return Graph.from_dict({"loom": 1, "nodes": {
-        "ckpt": {"type": "load_checkpoint", "inputs": {"name": "tiny-flux"}},
-        "cn": {"type": "load_controlnet", "inputs": {"name": "tiny-flux-cn"}},
-        "hint": {"type": "draw_shape", "inputs": {"shape": "square", "colour": "white", "background": "black"}},
-        "pos": {"type": "encode_text", "inputs": {"text_encoder": ["ckpt", "text_encoder"], "text": PROMPT}},
-        "latent": {"type": "empty_latent", "inputs": {"vae": ["ckpt", "vae"], "width": 64, "height": 64}},
-        "apply": {"type": "apply_controlnet", "inputs": {
-            "model": ["ckpt", "model"], "controlnet": ["cn", "control_net"], "hint": ["hint", "image"],
-            "vae": ["ckpt", "vae"], "strength": strength}},
-        "sampler": {"type": "sample", "inputs": {
-            "model": ["apply", "diffusion_model"], "positive": ["pos", "conditioning"], "latent": ["latent", "latent"],
-            "steps": 2, "cfg": 1.0, "scheduler": "euler", "guidance": 3.5}},
-        "decode": {"type": "vae_decode", "inputs": {"vae": ["ckpt", "vae"], "latent": ["sampler", "latent"]}},
-        "save": {"type": "save_image", "inputs": {"images": ["decode", "image"], "prefix": "flux_cn"}}}})
-
-
-def test_a_strength_edit_reruns_only_the_apply_node_and_below(executor, controlnets):
-    executor.run(_graph(1.0)).raise_for_status()
-    result = executor.run(_graph(0.5)).raise_for_status()
-    assert set(result.ran) == {"apply", "sampler", "decode", "save"}
-    assert {"ckpt", "cn", "hint", "pos", "latent"} <= set(result.cached)
 
 
 def test_comfy_controlnet_nodes_guide_flux_as_loom_s_do(ctx, controlnets):

@@ -31,7 +31,7 @@ def _image(result, node="save"):
     return np.asarray(Image.open(result.outputs[node]["files"][0]))
 
 
-@pytest.mark.parametrize("graph", ["sd35.json", "flux.json", "flux_img2img.json"])
+@pytest.mark.parametrize("graph", ["sd35.json", "flux.json", "flux_img2img.json", "flux_controlnet.json"])
 def test_graph_runs_as_shipped(shipped, graph):
     result = shipped().run(load_graph(graph), params=FAST)
     image = _image(result)
@@ -59,3 +59,12 @@ def test_a_guidance_edit_reruns_only_the_sampler_and_below(shipped):
     result = executor.run(graph, params={**FAST, "guidance": 5.0})
     assert set(result.ran) == {"sampler", "decode", "save"}
     assert not np.array_equal(_image(first), _image(result)), "guidance must reach the transformer"
+
+
+def test_the_flux_controlnet_steers_and_a_strength_edit_reruns_only_its_apply_node_and_below(shipped):
+    executor, graph = shipped(), load_graph("flux_controlnet.json")
+    guided = executor.run(graph, params=FAST)
+    result = executor.run(graph, params={**FAST, "strength": 0.0})
+    assert set(result.ran) == {"apply_cn", "sampler", "decode", "save"}
+    assert {"unet", "ae", "hint", "load_cn", "pos"} <= set(result.cached)
+    assert not np.array_equal(_image(guided), _image(result)), "the ControlNet must reach the transformer"
