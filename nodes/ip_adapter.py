@@ -35,6 +35,7 @@ from engine.types import model_name
 
 from ._common import PICKLE_SUFFIXES, fingerprint_model, no_grad, read_state_dict, resolve_model, torch_dtype
 from .control_types import ImageEmbeds, IPAdapter
+from .families import family
 from .types import DiffusionModel, Image, StepInfo
 
 if TYPE_CHECKING:
@@ -278,6 +279,10 @@ def apply_ip_adapter(model: DiffusionModel, ip_adapter: IPAdapter, embeds: Image
     for several adapters or reference sets; it combines with ControlNet patches freely."""
     if embeds.adapter and embeds.adapter != ip_adapter.identity:
         raise NodeInputError("embeds", "these image embeddings were made with another IP-Adapter / encoder")
+    fam = family(model.family)
+    if fam.denoiser[0] != "unet":   # before install_processors: they would replace a transformer's own
+        raise NodeInputError("model", f"IP-Adapter applies to UNet models (SD 1.x, 2.x, SDXL); {fam.label} "
+                                      "has a transformer")
     layers = install_processors(model.unet)
     if layers != len(ip_adapter.layers):
         raise NodeInputError("ip_adapter", f"the IP-Adapter has weights for {len(ip_adapter.layers)} "

@@ -64,6 +64,24 @@ def test_scale_zero_is_the_plain_model(ctx, tiny, ip_models):
     assert torch.equal(off, plain)
 
 
+def test_a_transformer_family_is_refused_before_its_attention_is_touched(ctx, tiny, ip_models):
+    """The denoiser is shared by every handle on it: a refused adapter must leave it as it was."""
+    import dataclasses
+
+    from engine.errors import NodeInputError
+    from nodes.ip_adapter import apply_ip_adapter, encode_ip_image, load_ip_adapter
+    from nodes.loaders import load_checkpoint_handles
+    from nodes.types import Image
+
+    model, _, _ = load_checkpoint_handles(ctx, "tiny-sd")
+    ip = load_ip_adapter(ctx, "tiny-ip", "tiny-clip-vision")
+    before = dict(model.unet.attn_processors)
+    with pytest.raises(NodeInputError, match="FLUX") as err:
+        apply_ip_adapter(dataclasses.replace(model, family="flux"), ip, encode_ip_image(ip, Image(_reference())))
+    assert err.value.input == "model"
+    assert model.unet.attn_processors == before
+
+
 def test_graph_with_ip_adapter_and_controlnet_reencodes_nothing_on_prompt_edit(executor, settings, ip_models):
     from PIL import Image as PILImage
 
