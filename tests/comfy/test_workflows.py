@@ -202,21 +202,25 @@ def _image(path):
     return Image.open(path).convert("RGB")
 
 
+def _vae_loader_decodes_like_the_checkpoint(registry, settings_factory, models_dirs, vae_name):
+    """txt2img.api.json decoded a second time with VAELoader(vae_name): the same pixels."""
+    executor = Executor(registry=registry, settings=settings_factory(models_dirs=models_dirs))
+    prompt = json.loads((WORKFLOWS / "txt2img.api.json").read_text())
+    prompt["3"]["inputs"]["steps"] = 2
+    prompt["10"] = {"class_type": "VAELoader", "inputs": {"vae_name": vae_name}}
+    prompt["11"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["10", 0]}}
+    prompt["12"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "own_vae"}}
+    outputs = executor.run(read_document(Document.from_value(prompt), registry)[0]).outputs
+    assert (_pixels(outputs["9"]["files"][0]) == _pixels(outputs["12"]["files"][0])).all()
+
+
 def test_vae_loader_reads_a_vae_folder_named_as_a_file(registry, settings_factory, models_dir, tmp_path):
     """A separate VAE (here the checkpoint's own, copied to models/vae) decodes the same pixels."""
     import shutil
 
     extra = tmp_path / "models"
     shutil.copytree(models_dir / "checkpoints" / "shapes-tiny" / "vae", extra / "vae" / "shapes-vae")
-    executor = Executor(registry=registry, settings=settings_factory(models_dirs=[extra, models_dir]))
-    prompt = json.loads((WORKFLOWS / "txt2img.api.json").read_text())
-    prompt["3"]["inputs"]["steps"] = 2
-    prompt["10"] = {"class_type": "VAELoader", "inputs": {"vae_name": "shapes-vae.safetensors"}}
-    prompt["11"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["10", 0]}}
-    prompt["12"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "own_vae"}}
-    graph = read_document(Document.from_value(prompt), registry)[0]
-    outputs = executor.run(graph).outputs
-    assert (_pixels(outputs["9"]["files"][0]) == _pixels(outputs["12"]["files"][0])).all()
+    _vae_loader_decodes_like_the_checkpoint(registry, settings_factory, [extra, models_dir], "shapes-vae.safetensors")
 
 
 def test_vae_loader_takes_a_pipeline_folders_vae(registry, settings_factory, models_dir, tmp_path):
@@ -225,14 +229,7 @@ def test_vae_loader_takes_a_pipeline_folders_vae(registry, settings_factory, mod
 
     extra = tmp_path / "models"
     shutil.copytree(models_dir / "checkpoints" / "shapes-tiny", extra / "vae" / "shapes-pipeline")
-    executor = Executor(registry=registry, settings=settings_factory(models_dirs=[extra, models_dir]))
-    prompt = json.loads((WORKFLOWS / "txt2img.api.json").read_text())
-    prompt["3"]["inputs"]["steps"] = 2
-    prompt["10"] = {"class_type": "VAELoader", "inputs": {"vae_name": "shapes-pipeline"}}
-    prompt["11"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["10", 0]}}
-    prompt["12"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "own_vae"}}
-    outputs = executor.run(read_document(Document.from_value(prompt), registry)[0]).outputs
-    assert (_pixels(outputs["9"]["files"][0]) == _pixels(outputs["12"]["files"][0])).all()
+    _vae_loader_decodes_like_the_checkpoint(registry, settings_factory, [extra, models_dir], "shapes-pipeline")
 
 
 @pytest.mark.parametrize("file_name, latent_channels, config", [

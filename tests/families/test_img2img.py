@@ -11,6 +11,8 @@ from nodes.text import encode_text
 from nodes.types import Image, Mask
 from nodes.vae import vae_decode, vae_encode, vae_encode_inpaint
 
+from .pipelines import FLUX_SLOTS, SD3_SLOTS, pipeline_parts
+
 PROMPT = "a yellow circle on a blue background"
 
 
@@ -23,16 +25,6 @@ def _image():
     return Image(torch.rand(1, 64, 64, 3, generator=g))
 
 
-def _parts(handles, slots):
-    model, te, vae = handles
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    parts = dict(zip([f"text_encoder{s}" for s in slots], te.encoders))
-    parts.update(zip([f"tokenizer{s}" for s in slots], te.tokenizers))
-    return dict(transformer=model.unet, vae=vae.vae,
-                scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config), **parts)
-
-
 def test_sd3_img2img_matches_the_pipeline(ctx):
     from diffusers import StableDiffusion3Img2ImgPipeline
 
@@ -42,7 +34,7 @@ def test_sd3_img2img_matches_the_pipeline(ctx):
     pos, neg = encode_text(ctx, te, PROMPT), encode_text(ctx, te, "")
     ours = vae_decode(ctx, vae, run_sampler(ctx, model, pos, init, neg, seed=4, steps=8, cfg=4.0,
                                             scheduler="euler", denoise=0.5)).pixels
-    pipe = StableDiffusion3Img2ImgPipeline(**_parts(handles, ["", "_2", "_3"]))
+    pipe = StableDiffusion3Img2ImgPipeline(**pipeline_parts(handles, SD3_SLOTS))
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe(PROMPT, image=init.samples, negative_prompt="", strength=0.5, num_inference_steps=8,
                   guidance_scale=4.0, generator=_generators(4), output_type="pt").images
@@ -58,7 +50,7 @@ def test_flux_img2img_matches_the_pipeline(ctx, denoise):
     init = vae_encode(ctx, vae, _image())
     ours = vae_decode(ctx, vae, run_sampler(ctx, model, encode_text(ctx, te, PROMPT), init, seed=6, steps=8,
                                             cfg=1.0, scheduler="euler", denoise=denoise, guidance=3.5)).pixels
-    pipe = FluxImg2ImgPipeline(**_parts(handles, ["", "_2"]))
+    pipe = FluxImg2ImgPipeline(**pipeline_parts(handles, FLUX_SLOTS))
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe(PROMPT, image=init.samples, height=64, width=64, strength=denoise, num_inference_steps=8,
                   guidance_scale=3.5, generator=_generators(6), output_type="pt").images

@@ -25,6 +25,8 @@ from nodes.text import encode_text
 from nodes.types import Image, Mask
 from nodes.vae import vae_decode, vae_encode, vae_encode_inpaint
 
+from .pipelines import FLUX_SLOTS, SD3_SLOTS, pipeline_parts
+
 PROMPT = "a yellow circle on a blue background"
 NEGATIVE = "a green square"
 STEPS = 8
@@ -49,16 +51,6 @@ def _latent(ctx, vae, how: str):
     return set_latent_noise_mask(vae_encode(ctx, vae, _image()), _mask())
 
 
-def _parts(handles, slots):
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    model, te, vae = handles
-    parts = dict(zip([f"text_encoder{s}" for s in slots], te.encoders))
-    parts.update(zip([f"tokenizer{s}" for s in slots], te.tokenizers))
-    return dict(transformer=model.unet, vae=vae.vae,
-                scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config), **parts)
-
-
 def _pipeline_inputs(latent, output_type):
     return dict(image=latent.samples, mask_image=_mask().mask[:, None], masked_image_latents=latent.samples,
                 height=64, width=64, num_inference_steps=STEPS, output_type=output_type)
@@ -78,7 +70,7 @@ def test_sd3_inpainting_matches_the_inpaint_pipeline(ctx, strength, how):
     latent = _latent(ctx, vae, how)
     out = run_sampler(ctx, model, encode_text(ctx, te, PROMPT), latent, encode_text(ctx, te, NEGATIVE), seed=4,
                       steps=STEPS, cfg=4.0, scheduler="euler", denoise=strength)
-    pipe = StableDiffusion3InpaintPipeline(**_parts(handles, ["", "_2", "_3"]))
+    pipe = StableDiffusion3InpaintPipeline(**pipeline_parts(handles, SD3_SLOTS))
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe(PROMPT, negative_prompt=NEGATIVE, strength=strength, guidance_scale=4.0,
                   generator=[torch.Generator().manual_seed(4)], **_pipeline_inputs(latent, "latent")).images
@@ -96,7 +88,7 @@ def test_flux_inpainting_matches_the_inpaint_pipeline(ctx, strength, how):
     out = run_sampler(ctx, model, encode_text(ctx, te, PROMPT), latent, seed=6, steps=STEPS, cfg=1.0,
                       scheduler="euler", denoise=strength, guidance=3.5)
     ours = vae_decode(ctx, vae, out).pixels
-    pipe = FluxInpaintPipeline(**_parts(handles, ["", "_2"]))
+    pipe = FluxInpaintPipeline(**pipeline_parts(handles, FLUX_SLOTS))
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe(PROMPT, strength=strength, guidance_scale=3.5, generator=[torch.Generator().manual_seed(6)],
                   **_pipeline_inputs(latent, "pt")).images
