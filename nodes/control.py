@@ -65,6 +65,13 @@ def controlnet_family(config: dict, keys: dict | None = None) -> str | None:
     return None
 
 
+def _controlnet_class(kind: str | None):
+    """The diffusers class of a family's own ControlNet, or the UNet ControlNet's."""
+    import diffusers
+
+    return getattr(diffusers, family(kind).controlnet.model_class) if kind else diffusers.ControlNetModel
+
+
 def load_controlnet_model(ctx: Context, path: Path, config: str = "auto"):
     """The diffusers ControlNet model of a folder or single file, of the class its config or keys name."""
     import diffusers
@@ -74,16 +81,14 @@ def load_controlnet_model(ctx: Context, path: Path, config: str = "auto"):
         if not (path / "config.json").is_file():
             raise NodeInputError("name", f"{path.name} is a folder without config.json "
                                          "(not a diffusers ControlNet)")
-        kind = controlnet_family(json.loads((path / "config.json").read_text()))
-        cls = getattr(diffusers, family(kind).controlnet.model_class) if kind else diffusers.ControlNetModel
+        cls = _controlnet_class(controlnet_family(json.loads((path / "config.json").read_text())))
         return cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
     state = read_state_dict(ctx.settings, path)
     cfg_path = _single_file_config(ctx, path, config)
     cfg = json.loads(_config_file(cfg_path).read_text())
     kind = controlnet_family(cfg, state)
     if kind or "controlnet_cond_embedding.conv_in.weight" in state:   # diffusers key layout
-        cls = getattr(diffusers, family(kind).controlnet.model_class) if kind else diffusers.ControlNetModel
-        model = cls.from_config(cfg)
+        model = _controlnet_class(kind).from_config(cfg)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise NodeInputError("name", f"{path.name} does not fit its config: missing {missing[:3]}, "
