@@ -76,3 +76,17 @@ def test_a_drawing_at_twice_the_size_is_the_same_portrait(index):
     assert large.size == (128, 128)
     reduced = np.asarray(large.resize((64, 64), Image.Resampling.BOX), dtype=np.float32)
     assert np.abs(reduced - np.asarray(data.render(spec), dtype=np.float32)).mean() < 4
+
+
+def test_upscaler_batches_pair_a_damaged_half_size_crop_with_its_clean_crop():
+    """What avatars-2x-compact is fine-tuned on: a pure function of the step, 2x apart in size,
+    and the input is the target reduced (close to it once scaled back up)."""
+    import torch
+    import torch.nn.functional as F
+
+    from tools.avatars import upscaler
+
+    low, high = upscaler.batch(3)
+    assert low.shape[-2:] == (high.shape[-2] // 2, high.shape[-1] // 2) and low.shape[0] == high.shape[0]
+    assert torch.equal(upscaler.batch(3)[0], low) and not torch.equal(upscaler.batch(4)[0], low)
+    assert (F.avg_pool2d(high, 2) - low).abs().mean() < 0.08
